@@ -1,0 +1,213 @@
+"""The page in a real browser: Debian's headless Chromium, a fake webcam playing a real clip.
+
+What is verified:
+  * capture mode: the page opens the (fake) camera, sends JPEG frames over the websocket and gets
+    pose messages back that match the protocol schema; the overlay canvas shows the very frames
+    of the clip (compared with the clip itself); skeletons are drawn whenever a message has people.
+  * broadcast mode: frames + poses pushed by the server (its own copy of the clip) are drawn.
+  * drawing: a pose message built from COCO ground truth for a real photo is drawn over it, and
+    the canvas has each person's track colour on their limbs.
+Screenshots go to the artefacts folder (XNECT_TEST_ARTEFACTS, default out/test-artefacts).
+Needs: apt-get install chromium chromium-driver; pip install selenium.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from server_helpers import ARTEFACTS, DATA, LiveServer, clip_path, read_frames
+from xnect_app import skeleton
+from xnect_app.server import schemas
+from xnect_app.types import Person
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("Debian chromium + chromium-driver are not installed (apt-get install chromium chromium-driver)",
+                allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+
+CLIP = "two_people_courtyard.mp4"
+CLIP_WIDTH = 360
+
+
+@pytest.fixture(scope="module")
+def fake_camera(tmp_path_factory) -> Path:
+    """The clip as MJPEG (JPEG frames back to back): Chromium's fake webcam loops over it."""
+    path = tmp_path_factory.mktemp("cam") / "clip.mjpeg"
+    with open(path, "wb") as f:
+        for frame in read_frames(CLIP, n=40, width=CLIP_WIDTH):
+            f.write(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+    return path
+
+
+@pytest.fixture(scope="module")
+def server():
+    with LiveServer("--source", str(clip_path(CLIP))) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def browser(fake_camera):
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="xnect-chromium-")
+    opts = Options()
+    opts.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,900",
+                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-video-capture={fake_camera}", "--autoplay-policy=no-user-gesture-required"):
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(driver, js: str, timeout: float = 90.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = driver.execute_script(js)
+        if value:
+            return value
+        time.sleep(0.25)
+    stats = driver.execute_script("return window.xnect && window.xnect.stats")
+    status = driver.execute_script("return document.getElementById('status').textContent")
+    raise AssertionError(f"timed out waiting for {js}; status {status!r}; stats {json.dumps(stats, default=str)[:800]}")
+
+
+def canvas_image(driver, canvas_id: str = "overlay") -> np.ndarray:
+    url = driver.execute_script(f"return document.getElementById('{canvas_id}').toDataURL('image/png')")
+    data = base64.b64decode(url.split(",", 1)[1])
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+
+
+def best_clip_match(image: np.ndarray) -> float:
+    """Largest share of pixels within 16 grey levels of some clip frame (skeletons cover the rest)."""
+    h, w = image.shape[:2]
+    shares = []
+    for f in read_frames(CLIP, n=40, width=CLIP_WIDTH):
+        diff = np.abs(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).astype(np.int16) - image).max(-1)
+        shares.append(float((diff <= 16).mean()))
+    return max(shares)
+
+
+def check_live_page(driver, mode: str, frames: int) -> dict:
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    wait_for(driver, f"return window.xnect && window.xnect.stats.framesDrawn >= {frames}")
+    stats = driver.execute_script("return window.xnect.stats")
+    (ARTEFACTS / f"browser_{mode}_stats.json").write_text(json.dumps(
+        {k: v for k, v in stats.items() if k != "lastPoses"}, indent=2))
+    schemas.SERVER_MESSAGE.validate_python(stats["lastPoses"])  # real messages match the schema
+    assert stats["errors"] == 0, stats["lastError"]
+    assert stats["posesReceived"] >= frames
+    if mode == "capture":
+        assert stats["framesSent"] >= stats["posesReceived"]
+    # The overlay shows the clip's frames (not a blank or stale canvas).
+    image = canvas_image(driver)
+    assert image.std() > 20, "overlay canvas is blank"
+    cv2.imwrite(str(ARTEFACTS / f"overlay_{mode}.png"), image)
+    match = best_clip_match(image)
+    assert match > 0.5, f"overlay does not show the camera's frames ({match:.0%} of pixels match)"
+    # Skeletons: drawn for every message with people (an untrained model may find nobody).
+    if stats["peopleSeen"] > 0:
+        assert stats["skeletonsDrawn"] > 0 and stats["limbsDrawn"] > 0
+    return stats
+
+
+def test_capture_mode_sends_frames_and_draws_poses(server, browser):
+    browser.get(f"{server.base}/?autostart=1")
+    stats = check_live_page(browser, "capture", frames=5)
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTEFACTS / "browser_capture.png"))
+    latency = stats["latencyMs"]
+    assert latency is not None and 0 < latency < 30_000
+    status = server.status()
+    assert status["clients"] == 1 and status["worker"]["frames_done"] >= 5
+    browser.execute_script("window.xnect.stop()")
+
+
+def test_broadcast_mode_draws_server_frames(server, browser):
+    browser.get(f"{server.base}/?mode=broadcast&autostart=1")
+    check_live_page(browser, "broadcast", frames=3)
+    browser.save_screenshot(str(ARTEFACTS / "browser_broadcast.png"))
+    assert server.status()["viewers"] == 1
+    browser.execute_script("window.xnect.stop()")
+
+
+def coco_people_message(min_keypoints: int = 10) -> tuple[Path, dict]:
+    """A poses message from COCO ground truth for the dev image with the most annotated people."""
+    ann_path = DATA / "coco_dev" / "person_keypoints.json"
+    if not ann_path.is_file():
+        pytest.skip(f"COCO dev annotations not found at {ann_path}")
+    coco = json.loads(ann_path.read_text())
+    by_image: dict[int, list] = {}
+    for a in coco["annotations"]:
+        if a["num_keypoints"] >= min_keypoints and not a["iscrowd"]:
+            by_image.setdefault(a["image_id"], []).append(a)
+    image_id, anns = max(by_image.items(), key=lambda kv: len(kv[1]))
+    info = next(i for i in coco["images"] if i["id"] == image_id)
+    w, h = info["width"], info["height"]
+    people = []
+    for track_id, a in enumerate(anns):
+        coco_kp = np.array(a["keypoints"], dtype=np.float64).reshape(17, 3)
+        kp2d = np.full((skeleton.NUM_JOINTS_2D, 3), np.nan)
+        kp2d[:, 2] = 0
+        for c, j in enumerate(skeleton.COCO17_FROM_2D):
+            if coco_kp[c, 2] > 0:
+                kp2d[j] = [coco_kp[c, 0], coco_kp[c, 1], 1.0]
+        shoulders = kp2d[[2, 5]]
+        if (shoulders[:, 2] > 0).all():  # neck: midpoint of the shoulders
+            kp2d[skeleton.NECK] = [*shoulders[:, :2].mean(0), 1.0]
+        kp3d = np.full((skeleton.NUM_JOINTS_3D, 3), np.nan)
+        people.append(Person(track_id, 1.0, kp2d, kp3d, kp3d).to_dict((w, h)))
+    msg = schemas.PosesMsg(frame_id=1, image_wh=[w, h], people=people,
+                           server_ms=schemas.ServerTimings(queue=0, decode=0, infer=0, total=0),
+                           batch_size=1, fps=0).model_dump(mode="json")
+    return DATA / "coco_dev" / info["file_name"], msg
+
+
+def test_recorded_message_draws_each_skeleton_in_its_track_colour(server, browser):
+    image_path, msg = coco_people_message()
+    browser.get(f"{server.base}/")
+    wait_for(browser, "return window.xnect !== undefined", 30)
+    meta = {"limbs_2d": [list(l) for l in skeleton.LIMBS_2D], "parents_3d": list(skeleton.PARENTS_3D),
+            "track_colors_rgb": [[r, g, b] for b, g, r in skeleton.TRACK_COLORS_BGR]}
+    data_url = "data:image/jpeg;base64," + base64.b64encode(image_path.read_bytes()).decode()
+    limbs = browser.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "window.xnect.drawRecorded(arguments[0], arguments[1], arguments[2]).then(done, e => done(String(e)));",
+        data_url, msg, meta)
+    assert isinstance(limbs, int) and limbs > 0, limbs
+    drawn = canvas_image(browser)
+    photo = cv2.imread(str(image_path))
+    assert drawn.shape == photo.shape
+    browser.save_screenshot(str(ARTEFACTS / "browser_recorded.png"))
+    # Every limb's midpoint carries its person's colour (a few may be covered by joint dots or
+    # by another person's limbs).
+    hits = total = 0
+    for person in msg["people"]:
+        b, g, r = skeleton.TRACK_COLORS_BGR[person["id"] % len(skeleton.TRACK_COLORS_BGR)]
+        kp = person["kp2d"]
+        for a, c in skeleton.LIMBS_2D:
+            if kp[a][2] and kp[c][2]:
+                x = round((kp[a][0] + kp[c][0]) / 2)
+                y = round((kp[a][1] + kp[c][1]) / 2)
+                total += 1
+                hits += bool(np.abs(drawn[y, x].astype(int) - [b, g, r]).max() <= 40)
+    assert total >= 20 and hits >= 0.8 * total, (hits, total)
+    # Away from the people, the canvas is the photo itself.
+    assert np.abs(drawn[:10, :10].astype(int) - photo[:10, :10]).mean() < 6

@@ -1,0 +1,134 @@
+"""Serve poses over websockets, with the browser overlay page at "/".
+
+Examples:
+    xnect-server                                   # http://127.0.0.1:8000, browser-capture mode
+    xnect-server --source demo_videos/vtest.avi    # also broadcast a video to every viewer
+    xnect-server --camera 0 --token s3cret         # broadcast the server's webcam; token required
+    xnect-server --host 0.0.0.0 --allow-origin https://my.site --ssl-certfile c.pem --ssl-keyfile k.pem
+
+The protocol is described in docs/server.md; examples/ws_client.py is a Python client.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
+from ._common import die, parse_size
+
+LOG = logging.getLogger("xnect_app.server")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xnect-server", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    net = p.add_argument_group("network")
+    net.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
+    net.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    net.add_argument("--token", default=os.environ.get("XNECT_TOKEN"),
+                     help="shared secret required on every connection (default: $XNECT_TOKEN, else none)")
+    net.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                     help="extra browser origin allowed to connect (repeatable; '*' for any)")
+    net.add_argument("--ssl-certfile", type=Path, help="serve HTTPS (needed for webcams on other hosts)")
+    net.add_argument("--ssl-keyfile", type=Path)
+
+    src = p.add_argument_group("broadcast source (optional)").add_mutually_exclusive_group()
+    src.add_argument("--source", help="video file or stream URL read on the server and broadcast to viewers")
+    src.add_argument("--camera", type=int, metavar="N", help="server webcam index to broadcast")
+    p.add_argument("--no-loop", action="store_true", help="stop the broadcast at the end of a video file")
+
+    model = p.add_argument_group("model")
+    model.add_argument("--weights", type=Path, help="checkpoint (default: the weights in models/)")
+    model.add_argument("--random-weights", action="store_true",
+                       help="untrained network, for testing the plumbing only (finds nobody)")
+    model.add_argument("--backbone", default="selecsls60")
+    model.add_argument("--input-size", default="512x320", help="network input WxH")
+    model.add_argument("--device", default="cpu")
+    model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
+                       "(default: the estimator's)")
+    model.add_argument("--no-skeleton-fit", action="store_true", help="skip the kinematic skeleton fit")
+
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-frame-mb", type=float, default=8.0, help="largest frame message, MiB")
+    lim.add_argument("--max-image-side", type=int, default=4096, help="largest JPEG width or height")
+    lim.add_argument("--max-clients", type=int, default=32, help="websocket connections at once")
+    lim.add_argument("--max-batch", type=int, default=8, help="frames per inference batch")
+
+    p.add_argument("--web-dir", type=Path, default=DEFAULT_WEB_DIR, help="folder of the page served at /")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535, got {args.port}")
+    for name in ("max_frame_mb", "max_image_side", "max_clients", "max_batch"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+    if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
+        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+    for path in (args.ssl_certfile, args.ssl_keyfile, args.weights):
+        if path is not None and not path.is_file():
+            raise ValueError(f"file not found: {path}")
+    if args.token is not None and not args.token.strip():
+        raise ValueError("--token must not be empty")
+    source = args.camera if args.camera is not None else args.source
+    if source is not None:
+        from ..server.broadcast import open_capture
+        open_capture(source).release()  # fail now, with the source's name, not after start-up
+    return ServerConfig(
+        token=args.token, allowed_origins=tuple(args.allow_origin),
+        max_frame_bytes=int(args.max_frame_mb * MiB), max_image_side=args.max_image_side,
+        max_clients=args.max_clients, max_batch=args.max_batch, source=source,
+        loop_source=not args.no_loop, web_dir=args.web_dir if args.web_dir.is_dir() else None)
+
+
+def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
+    from ..estimator import PoseEstimator
+    extra = {} if args.fov is None else {"fov": args.fov}
+    return PoseEstimator(weights=args.weights, backbone=args.backbone, input_size=input_size,
+                         device=args.device, random_init=args.random_weights,
+                         tracking=True, fit_skeleton=not args.no_skeleton_fit, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    input_size = parse_size(args.input_size)
+    try:
+        cfg = config_from_args(args)
+        # Built here, not in the lifespan, so that bad weights give a one-line error.
+        estimator = make_estimator(args, input_size)
+        sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((args.host, args.port))
+    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as err:
+        die(str(err))
+
+    import uvicorn
+
+    from ..server.app import create_app
+
+    app = create_app(lambda: estimator, cfg)
+    host, port = sock.getsockname()[:2]
+    scheme = "https" if args.ssl_certfile else "http"
+    # A larger protocol limit than ours: slightly oversized frames get an error message, absurd
+    # ones a close (1009) before they are buffered. No compression: frames are JPEG already.
+    uv_cfg = uvicorn.Config(app, log_level=args.log_level, ws_max_size=2 * cfg.max_frame_bytes + 1024,
+                            ws_per_message_deflate=False, ssl_certfile=args.ssl_certfile,
+                            ssl_keyfile=args.ssl_keyfile, timeout_graceful_shutdown=5)
+    print(f"xnect-server: serving on {scheme}://{host}:{port}/ (model {getattr(estimator, 'model_name', '?')})",
+          flush=True)
+    if host not in ("127.0.0.1", "::1", "localhost"):
+        LOG.warning("listening on %s: reachable from other machines%s", host,
+                    "" if cfg.token else "; consider --token")
+    uvicorn.Server(uv_cfg).run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
