@@ -1,0 +1,93 @@
+"""PoseEstimator: letterboxing, coordinate mapping, the whole decode chain, weights files."""
+import numpy as np
+import pytest
+import torch
+
+from xnect_app import skeleton
+from xnect_app.estimator import PoseEstimator, letterbox
+from xnect_app.nn.stage1 import Stage1Config, Stage1Net, Stage1Output
+from xnect_app.pose.synthetic import random_scene
+from xnect_app.pose.targets import render_targets
+from xnect_app.train.export import export_weights
+from xnect_app.types import Intrinsics
+
+
+@pytest.mark.parametrize("shape", [(576, 768), (1920, 1080), (320, 512), (100, 40)])
+def test_letterbox_maps_network_pixels_back_to_the_frame(shape):
+    frame = np.zeros(shape + (3,), np.uint8)
+    h, w = shape
+    frame[h // 3, w // 4] = 255  # one bright pixel
+    img, lb = letterbox(frame, (512, 320))
+    assert img.shape == (320, 512, 3)
+    ys, xs = np.nonzero(img.max(2) > 150)  # padding is grey (114)
+    if len(xs):  # the pixel survives unless the frame is shrunk a lot
+        back = lb.to_frame(np.array([[xs.mean(), ys.mean()]]))[0]
+        assert abs(back[0] - w // 4) <= max(1.0, 1 / lb.scale) and abs(back[1] - h // 3) <= max(1.0, 1 / lb.scale)
+
+
+class _PerfectStage1(torch.nn.Module):
+    """Stands in for a perfectly trained network: emits the rendered targets of a known scene."""
+
+    def __init__(self, kp2d_net, kp3d_mm):
+        super().__init__()
+        self.cfg = Stage1Config(backbone="selecsls42b")
+        self.kp2d_net, self.kp3d_mm = kp2d_net, kp3d_mm
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        t = render_targets(self.kp2d_net, self.kp3d_mm, in_size=(w, h))
+        return Stage1Output(*(torch.from_numpy(t[k])[None] for k in ("heatmaps", "pafs", "enc3d")))
+
+
+def test_the_decode_chain_recovers_people_in_frame_pixels_and_camera_millimetres():
+    frame_w, frame_h = 1024, 640  # twice the network size: letterbox scale 0.5
+    intr = Intrinsics.from_fov(frame_w, frame_h, 60.0)
+    scene = random_scene(np.random.default_rng(3), 3, image_size=(frame_w, frame_h), intrinsics=intr,
+                         height_px=(250, 450))
+    kp_net = scene.kp2d.copy()
+    kp_net[..., :2] = (kp_net[..., :2] + 0.5) * 0.5 - 0.5
+    est = PoseEstimator.from_networks(_PerfectStage1(kp_net, scene.kp3d_rel_mm), None, fov=60.0,
+                                      tracking=False)
+    res = est(np.zeros((frame_h, frame_w, 3), np.uint8))
+    assert res.image_size == (frame_w, frame_h) and len(res.people) == 3
+    for p in res.people:
+        d = np.nanmean(np.linalg.norm(p.kp2d[:14, None, :2] - scene.kp2d[:, :14, :2].transpose(1, 0, 2), axis=-1), 0)
+        k = int(np.argmin(d))
+        assert d[k] < 3.0  # frame pixels (1.5 px at the network's scale)
+        assert np.nanmax(np.abs(p.kp3d_rel_mm[:14] - scene.kp3d_rel_mm[k, :14])) < 10.0
+        root_err = np.linalg.norm(p.root_cam_mm - scene.kp3d_cam_mm[k, skeleton.ROOT_3D])
+        assert root_err < 0.03 * scene.kp3d_cam_mm[k, skeleton.ROOT_3D, 2]
+
+
+def test_random_init_runs_on_a_real_sized_frame_and_reports_timings():
+    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(256, 160), tracking=False)
+    res = est(np.random.default_rng(0).integers(0, 255, (576, 768, 3), dtype=np.uint8))
+    assert res.image_size == (768, 576)
+    assert {"preprocess", "stage1", "decode"} <= set(res.timings_ms)
+    assert res.to_dict()["type"] == "frame"
+
+
+def test_missing_default_weights_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="random_init"):
+        PoseEstimator(weights=tmp_path / "nope.pt")
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="not a readable xnect weights file"):
+        PoseEstimator(weights=bad)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        PoseEstimator(random_init=True, input_size=(500, 300))
+
+
+def test_exported_weights_load_into_the_estimator_and_give_the_same_maps(tmp_path):
+    torch.manual_seed(0)
+    net = Stage1Net(Stage1Config(backbone="selecsls42b")).eval()
+    ck = tmp_path / "last.pt"
+    torch.save({"model": net.state_dict(), "stage1_config": net.cfg.to_dict(), "step": 7}, ck)
+    out = tmp_path / "w.pt"
+    export_weights(str(ck), None, str(out), half=False)
+    est = PoseEstimator(weights=out, input_size=(128, 128), tracking=False)
+    x = torch.rand(1, 3, 128, 128) * 255
+    with torch.no_grad():
+        a, b = net(x), est.stage1(x)
+    assert torch.allclose(a.heatmaps, b.heatmaps) and torch.allclose(a.enc3d, b.enc3d)
+    assert est.model_name == "w"

@@ -1,0 +1,69 @@
+"""Stage I network, its losses and masks, and that the training step actually learns."""
+import numpy as np
+import pytest
+import torch
+
+from xnect_app import skeleton
+from xnect_app.nn.stage1 import Stage1Config, Stage1Net
+from xnect_app.pose.synthetic import random_scene
+from xnect_app.train.losses import stage1_loss
+from xnect_app.train.trainer import collate_targets, target_masks
+
+
+@pytest.mark.parametrize("backbone", ["selecsls60", "selecsls42b"])
+def test_output_maps_are_stride_8_with_the_documented_channels(backbone):
+    net = Stage1Net(Stage1Config(backbone=backbone)).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 160, 256) * 255)
+    assert out.heatmaps.shape == (2, skeleton.NUM_JOINTS_2D, 20, 32)
+    assert out.pafs.shape == (2, skeleton.NUM_PAF_CHANNELS, 20, 32)
+    assert out.enc3d.shape == (2, 3 * skeleton.NUM_JOINTS_3D, 20, 32)
+
+
+def test_output_layers_are_plain_convs_so_signed_values_are_possible():
+    net = Stage1Net(Stage1Config(backbone="selecsls42b"))
+    for layer in (net.b2d_out, net.b3d_out):
+        assert isinstance(layer, torch.nn.Conv2d) and layer.bias is not None
+    with torch.no_grad():
+        net.b3d_out.bias.fill_(-1.0)
+        out = net.eval()(torch.rand(1, 3, 64, 64) * 255)
+    assert (out.enc3d < 0).any()
+
+
+def test_masks_switch_off_joint_types_the_source_does_not_label_and_ignored_people():
+    labelled = np.ones(19, bool)
+    labelled[0] = False  # e.g. COCO has no head top
+    ignore = np.zeros((64, 64), np.uint8)
+    ignore[:16, :16] = 1
+    hm, paf = target_masks(labelled, ignore, (8, 8), 8)
+    assert hm[0].sum() == 0 and hm[1].sum() == 64 - 4
+    neck_head = skeleton.LIMBS_2D.index((1, 0))
+    assert paf[2 * neck_head].sum() == 0 and paf[2 * neck_head + 1].sum() == 0
+    assert paf[2 * skeleton.LIMBS_2D.index((1, 2))].sum() == 64 - 4
+
+
+def _synthetic_batch(n=2, size=(96, 96)):
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(n):
+        sc = random_scene(rng, 2, image_size=size, height_px=(50, 80))
+        img = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        samples.append({"image": img, "kp2d": sc.kp2d.astype(np.float32), "kp3d_mm": sc.kp3d_rel_mm,
+                        "labelled_2d": np.ones(19, bool), "ignore_mask": np.zeros(size[::-1], np.uint8)})
+    return collate_targets(samples)
+
+
+def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    imgs, targets = _synthetic_batch()
+    net = Stage1Net(Stage1Config(backbone="selecsls42b")).train()
+    opt = torch.optim.Adam(net.parameters(), 1e-3)
+    losses = []
+    for _ in range(8):
+        loss, parts = stage1_loss(net(imgs), targets)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts)
+    assert losses[-1]["total"] < 0.6 * losses[0]["total"]
+    assert losses[0]["enc3d"] > 0  # the 3D branch is supervised

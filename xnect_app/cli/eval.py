@@ -1,0 +1,76 @@
+"""xnect-eval: accuracy of a model on ground truth.
+
+Examples:
+    xnect-eval coco ../shared/data/coco_dev                      # default weights, 512x320
+    xnect-eval coco ../shared/data/coco_dev --weights models/xnect_selecsls60.pt --json
+    xnect-eval coco DIR --checkpoint runs/xnect60/last.pt         # a training checkpoint
+
+COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
+bottom-up on the whole image. MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in
+xnect_app.train.evaluate for users with that dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ._common import die, parse_size
+
+
+def _coco(a: argparse.Namespace) -> None:
+    from ..estimator import PoseEstimator
+    from ..train.evaluate import evaluate_coco, load_coco_json
+
+    try:
+        load_coco_json(a.path)
+    except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
+        die(f"cannot read COCO keypoints from {a.path!r}: {e}")
+    try:
+        if a.checkpoint:
+            est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=parse_size(a.input_size),
+                                                tracking=False, fit_skeleton=False, threshold=a.threshold)
+        else:
+            est = PoseEstimator(weights=a.weights, input_size=parse_size(a.input_size), tracking=False,
+                                fit_skeleton=False, threshold=a.threshold)
+    except FileNotFoundError as e:
+        die(str(e))
+    res = evaluate_coco(est, a.path)
+    res["model"] = est.model_name
+    res["input_size"] = a.input_size
+    if a.json:
+        print(json.dumps(res, indent=2))
+    else:
+        print(f"model {res['model']} at {a.input_size} on {a.path} "
+              f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
+        print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
+        print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
+        print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="xnect-eval", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("coco", help="COCO person-keypoints AP / PCK")
+    c.add_argument("path", help="COCO folder (json + images) or the keypoints json")
+    c.add_argument("--weights", help="weights file (default: the bundled model)")
+    c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
+    c.add_argument("--input-size", default="512x320")
+    c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=_coco)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if not Path(a.path).exists():
+        die(f"{a.path!r} does not exist")
+    try:
+        a.fn(a)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

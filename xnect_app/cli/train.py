@@ -1,0 +1,100 @@
+"""xnect-train: train Stage I and Stage II, and export the default weights.
+
+Examples:
+    xnect-train stage1 --out runs/xnect60 --max-hours 2          # start or resume
+    xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
+    torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
+    xnect-train stage2 --out runs/stage2 --steps 3000
+    xnect-train export --stage1 runs/xnect60/last.pt --stage2 runs/stage2/last.pt \
+        --out models/xnect_selecsls60.pt
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ._common import die, parse_size
+
+
+def _stage1(a: argparse.Namespace) -> None:
+    from ..train.trainer import TrainConfig, Trainer
+
+    cfg = TrainConfig(out_dir=a.out, backbone=a.backbone, size=parse_size(a.size), batch_size=a.batch_size,
+                      lr=a.lr, epoch_steps=a.epoch_steps, max_steps=a.max_steps, max_hours=a.max_hours,
+                      data_root=a.data_root, dev_set=a.dev_set or None, teacher_cache=a.teacher_cache,
+                      workers=a.workers, threads=a.threads, backbone_weights=a.backbone_weights,
+                      device=a.device, warmup_steps=a.warmup_steps,
+                      lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s))
+    if not Path(cfg.data_root).is_dir():
+        die(f"data root {cfg.data_root!r} is not a folder (point --data-root at the training data)")
+    if a.backbone_weights and not Path(a.backbone_weights).is_file():
+        die(f"--backbone-weights {a.backbone_weights!r} does not exist")
+    Trainer(cfg).run()
+
+
+def _stage2(a: argparse.Namespace) -> None:
+    from ..train.stage2 import Stage2TrainConfig, train_stage2
+
+    train_stage2(Stage2TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                                   teacher_cache=a.teacher_cache, data_root=a.data_root))
+
+
+def _export(a: argparse.Namespace) -> None:
+    from ..train.export import export_weights
+
+    for p in (a.stage1, a.stage2):
+        if p and not Path(p).is_file():
+            die(f"checkpoint {p!r} does not exist")
+    export_weights(a.stage1, a.stage2, a.out, half=not a.fp32)
+    print(f"wrote {a.out}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="xnect-train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    s1 = sub.add_parser("stage1", help="train (or resume) the Stage I network")
+    s1.add_argument("--out", default="runs/xnect60", help="run folder; resumes from OUT/last.pt")
+    s1.add_argument("--backbone", default="selecsls60", help="selecsls60 (default), selecsls42b, selecsls84 ...")
+    s1.add_argument("--size", default="256x256", help="training crop WxH (default 256x256)")
+    s1.add_argument("--batch-size", type=int, default=8)
+    s1.add_argument("--lr", type=float, default=5e-4)
+    s1.add_argument("--warmup-steps", type=int, default=200)
+    s1.add_argument("--lr-decay-at", default="", help="comma-separated steps with a 10x drop")
+    s1.add_argument("--epoch-steps", type=int, default=400, help="steps between dev evaluations")
+    s1.add_argument("--max-steps", type=int)
+    s1.add_argument("--max-hours", type=float)
+    s1.add_argument("--data-root", default="../shared/data")
+    s1.add_argument("--dev-set", default="../shared/data/coco_dev", help="COCO folder for per-epoch AP ('' = off)")
+    s1.add_argument("--teacher-cache", default="data_cache")
+    s1.add_argument("--workers", type=int, default=1)
+    s1.add_argument("--threads", type=int)
+    s1.add_argument("--device", default="cpu")
+    s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")
+    s1.set_defaults(fn=_stage1)
+    s2 = sub.add_parser("stage2", help="train the Stage II lifting network")
+    s2.add_argument("--out", default="runs/stage2")
+    s2.add_argument("--steps", type=int, default=3000)
+    s2.add_argument("--batch-size", type=int, default=256)
+    s2.add_argument("--lr", type=float, default=1e-3)
+    s2.add_argument("--teacher-cache", default="data_cache")
+    s2.add_argument("--data-root", default="../shared/data")
+    s2.set_defaults(fn=_stage2)
+    ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
+    ex.add_argument("--stage1", required=True)
+    ex.add_argument("--stage2")
+    ex.add_argument("--out", default="models/xnect_selecsls60.pt")
+    ex.add_argument("--fp32", action="store_true", help="keep float32 (default: float16 storage)")
+    ex.set_defaults(fn=_export)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        a.fn(a)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""PoseEstimator: frames in, tracked 3D people out. The only place that knows the whole chain.
+
+    est = PoseEstimator()                    # bundled weights, SelecSLS-60, 512x320, CPU
+    result = est(frame_bgr)                  # FrameResult with tracked, smoothed people
+    batch = est.detect_batch([f1, f2])       # untracked, batched Stage I (servers)
+
+Chain: letterbox -> Stage I (torch) -> peaks + PAF grouping + 3D read-out (numpy) -> Stage II
+(torch, batched over people) -> root translation from the intrinsics -> Stage III tracking,
+One Euro smoothing and skeleton fit (numpy/scipy).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from . import skeleton
+from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
+from .nn.stage2 import Stage2Config, Stage2Net
+from .types import FrameResult, Intrinsics, Person
+
+_logger = logging.getLogger(__name__)
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+DEFAULT_WEIGHTS = "xnect_selecsls60.pt"
+# Horizontal field of view assumed when the camera is unknown; typical of webcams and phones.
+DEFAULT_FOV_DEG = 60.0
+PAD_VALUE = 114
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """Input frame -> network input: x_net = scale * x + ox, y_net = scale * y + oy."""
+    scale: float
+    ox: float
+    oy: float
+
+    def to_frame(self, xy: np.ndarray) -> np.ndarray:
+        out = np.array(xy, dtype=np.float64, copy=True)
+        out[..., 0] = (out[..., 0] - self.ox) / self.scale
+        out[..., 1] = (out[..., 1] - self.oy) / self.scale
+        return out
+
+
+def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
+    """Resize keeping the aspect ratio and pad to size (w, h), centred."""
+    w, h = size
+    fh, fw = frame.shape[:2]
+    s = min(w / fw, h / fh)
+    nw, nh = max(1, round(fw * s)), max(1, round(fh * s))
+    resized = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    ox, oy = (w - nw) // 2, (h - nh) // 2
+    out = np.full((h, w, 3), PAD_VALUE, np.uint8)
+    out[oy:oy + nh, ox:ox + nw] = resized
+    # Pixel centres: x_net + 0.5 = s_x * (x + 0.5) with s_x = nw / fw.
+    sx = nw / fw
+    return out, Letterbox(sx, ox + 0.5 * sx - 0.5, oy + 0.5 * (nh / fh) - 0.5)
+
+
+def default_weights_path() -> Path:
+    return MODELS_DIR / DEFAULT_WEIGHTS
+
+
+class PoseEstimator:
+    """Multi-person 3D pose estimator.
+
+    Args:
+        weights: weights file made by `xnect-train export`; None = the bundled default.
+        backbone: SelecSLS variant, used only with random_init (weights carry their own).
+        input_size: network input (width, height), multiples of 16.
+        device: torch device string.
+        fov: horizontal field of view in degrees for the pinhole camera (metric 3D depends on it).
+        random_init: build an untrained network instead of loading weights (tests, benchmarks).
+        tracking: identity tracking + One Euro smoothing across calls (video); off for images.
+        fit_skeleton: Stage III kinematic skeleton fit (joint angles); needs tracking.
+        threshold: heatmap peak threshold.
+    """
+
+    def __init__(self, weights: str | Path | None = None, backbone: str = "selecsls60",
+                 input_size: tuple[int, int] = (512, 320), device: str = "cpu", fov: float = DEFAULT_FOV_DEG,
+                 random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
+                 threshold: float = 0.1, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
+                 _name: str | None = None):
+        w, h = input_size
+        if w % 16 or h % 16:
+            raise ValueError(f"input size {w}x{h}: width and height must be multiples of 16")
+        self.input_size = (int(w), int(h))
+        self.device = torch.device(device)
+        self.fov = float(fov)
+        Intrinsics.from_fov(w, h, self.fov)  # validates the fov
+        self.threshold = threshold
+        self.tracking = tracking
+        self.fit_skeleton = fit_skeleton and tracking
+        if _networks is not None:
+            self.stage1, self.stage2 = _networks
+            self.model_name = _name or f"{self.stage1.cfg.backbone} (in training)"
+        elif random_init:
+            self.stage1 = Stage1Net(Stage1Config(backbone=backbone))
+            self.stage2 = None
+            self.model_name = f"{backbone} (random init, untrained)"
+        else:
+            path = Path(weights) if weights is not None else default_weights_path()
+            if not path.is_file():
+                hint = ("the bundled default weights are missing from models/" if weights is None
+                        else "check the path")
+                raise FileNotFoundError(f"weights file {str(path)!r} not found ({hint}); "
+                                        "pass random_init=True / --random-weights for an untrained network")
+            self.stage1, self.stage2 = load_weights(path)
+            self.model_name = path.stem
+        self.stage1.to(self.device).eval()
+        if self.stage2 is not None:
+            self.stage2.to(self.device).eval()
+        self._frame_index = 0
+        self._stream: Stage3Stream | None = None
+        self.reset()
+
+    # -- construction helpers -----------------------------------------------------------------
+    @classmethod
+    def from_networks(cls, stage1: Stage1Net, stage2: Stage2Net | None, **kw: Any) -> "PoseEstimator":
+        return cls(_networks=(stage1, stage2), **kw)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, **kw: Any) -> "PoseEstimator":
+        """A Stage I training checkpoint (runs/.../last.pt), without Stage II."""
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
+        net.load_state_dict(ck["model"])
+        return cls(_networks=(net, None), _name=f"{Path(path).parent.name}@{ck.get('step', 0)}", **kw)
+
+    def reset(self) -> None:
+        """Start a new sequence: forget identities and filter state."""
+        self._frame_index = 0
+        self._stream = self.new_stream() if self.tracking else None
+
+    def new_stream(self) -> "Stage3Stream":
+        """Stage III state for one video stream (a server keeps one per client)."""
+        return Stage3Stream(fit_skeleton=self.fit_skeleton)
+
+    def intrinsics_for(self, width: int, height: int) -> Intrinsics:
+        return Intrinsics.from_fov(width, height, self.fov)
+
+    # -- inference ------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
+        """Stage I + II and root translation for several frames at once; no tracking."""
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        boxes, inputs = [], []
+        for f in frames:
+            if f is None or f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError("frames must be H x W x 3 uint8 BGR images")
+            img, lb = letterbox(f, self.input_size)
+            inputs.append(img)
+            boxes.append(lb)
+        x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
+        t1 = time.perf_counter()
+        out = self.stage1(x)
+        hm = out.heatmaps.float().cpu().numpy()
+        paf = out.pafs.float().cpu().numpy()
+        enc = out.enc3d.float().cpu().numpy()
+        t2 = time.perf_counter()
+        results = []
+        for i, f in enumerate(frames):
+            t_dec = time.perf_counter()
+            people = self._decode_one(hm[i], paf[i], enc[i], boxes[i], f.shape[1], f.shape[0])
+            t_end = time.perf_counter()
+            fh, fw = f.shape[:2]
+            results.append(FrameResult(
+                frame_index=0, time_s=0.0, image_size=(fw, fh), people=people,
+                intrinsics=self.intrinsics_for(fw, fh),
+                timings_ms={"preprocess": (t1 - t0) * 1000 / len(frames), "stage1": (t2 - t1) * 1000 / len(frames),
+                            "decode": (t_end - t_dec) * 1000}))
+        return results
+
+    def __call__(self, frame_bgr: np.ndarray, timestamp: float | None = None) -> FrameResult:
+        res = self.detect_batch([frame_bgr])[0]
+        res.frame_index = self._frame_index
+        res.time_s = float(timestamp) if timestamp is not None else float(self._frame_index) / 30.0
+        self._frame_index += 1
+        if self._stream is not None:
+            self._stream.process(res)
+        return res
+
+    def _decode_one(self, hm: np.ndarray, paf: np.ndarray, enc: np.ndarray, lb: Letterbox,
+                    fw: int, fh: int) -> list[Person]:
+        from .pose.decode import decode
+
+        found = decode(hm, paf, enc, stride=STRIDE, peak_threshold=self.threshold)
+        if len(found) == 0:
+            return []
+        kp3d_m = found.kp3d_rel_mm / 1000.0  # P x 21 x 3, NaN where unread
+        valid = found.kp3d_valid
+        if self.stage2 is not None:
+            with torch.inference_mode():
+                lifted = self.stage2(torch.from_numpy(found.stage2_in).float().to(self.device),
+                                     torch.from_numpy(np.nan_to_num(kp3d_m)).float().to(self.device),
+                                     torch.from_numpy(valid.astype(np.float32)).to(self.device))
+            kp3d_m = lifted.cpu().numpy().astype(np.float64)
+        kp3d_mm = kp3d_m * 1000.0
+        kp2d = found.kp2d.astype(np.float64).copy()
+        missing = ~(kp2d[..., 2] > 0)
+        kp2d[..., :2] = lb.to_frame(kp2d[..., :2])
+        kp2d[missing, :2] = np.nan
+        kp2d[missing, 2] = 0.0
+        intr = self.intrinsics_for(fw, fh)
+        roots = _solve_roots(kp3d_mm, kp2d, intr)
+        people = []
+        for i in range(len(found)):
+            cam = kp3d_mm[i] + roots[i][None]
+            people.append(Person(track_id=-1, score=float(found.scores[i]), kp2d=kp2d[i],
+                                 kp3d_rel_mm=kp3d_mm[i], kp3d_cam_mm=cam))
+        return people
+
+
+class Stage3Stream:
+    """Identity tracking, One Euro smoothing and skeleton fitting for one stream of frames."""
+
+    def __init__(self, fit_skeleton: bool = True):
+        from .pose.tracking import Tracker
+
+        self.fit_skeleton = fit_skeleton
+        self.tracker = Tracker()
+
+    def process(self, res: FrameResult) -> FrameResult:
+        """Tracks, smooths and fits res.people in place (frame order matters); returns res."""
+        t0 = time.perf_counter()
+        res.people = self.tracker.update(res.people, res.time_s, res.intrinsics, fit_skeleton=self.fit_skeleton)
+        res.timings_ms["stage3"] = (time.perf_counter() - t0) * 1000
+        return res
+
+
+def _solve_roots(kp3d_mm: np.ndarray, kp2d: np.ndarray, intr: Intrinsics) -> np.ndarray:
+    from .pose.root import solve_root_translation
+
+    roots, ok = solve_root_translation(kp3d_mm, kp2d, intr)
+    return np.where(np.asarray(ok)[:, None], roots, np.nan)
+
+
+def load_weights(path: str | Path) -> tuple[Stage1Net, Stage2Net | None]:
+    """Networks from a weights file written by `xnect-train export`."""
+    try:
+        doc = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"{path}: not a readable xnect weights file ({type(e).__name__})") from None
+    if not isinstance(doc, dict) or "stage1" not in doc:
+        raise ValueError(f"{path}: not an xnect weights file (no 'stage1' entry)")
+    s1 = Stage1Net(Stage1Config.from_dict(doc.get("stage1_config", {})))
+    s1.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage1"].items()})
+    s2 = None
+    if "stage2" in doc:
+        s2 = Stage2Net(Stage2Config.from_dict(doc.get("stage2_config", {})))
+        s2.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage2"].items()})
+    return s1, s2

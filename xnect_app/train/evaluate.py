@@ -1,0 +1,205 @@
+"""Evaluation: COCO OKS AP (17 joints and the 12 body joints), PCK, and the MuPoTS-3D 3D protocol.
+
+COCO AP uses pycocotools' reference COCOeval. "Body AP" keeps the 12 body joints (COCO indices
+5..16) of both ground truth and predictions with their standard sigmas, so a model without face
+points is not penalised for them.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from .. import skeleton
+
+_logger = logging.getLogger(__name__)
+
+MUPOTS_PCK_THRESHOLD_MM = 150.0
+
+
+def load_coco_json(path_or_dir: str | Path) -> tuple[dict[str, Any], Path]:
+    """The person-keypoints json and its image folder, from a folder or the json itself."""
+    p = Path(path_or_dir)
+    if p.is_dir():
+        cands = sorted(p.glob("*keypoints*.json")) or sorted(p.glob("*.json"))
+        if not cands:
+            raise FileNotFoundError(f"no COCO keypoints json in {p}")
+        jp = cands[0]
+    else:
+        jp = p
+    with open(jp) as f:
+        data = json.load(f)
+    return data, jp.parent
+
+
+def predict_coco(estimator: Callable[[np.ndarray], Any], data: dict[str, Any], img_dir: Path) -> list[dict[str, Any]]:
+    """Run the estimator on every image of a COCO json; COCO-format keypoint results."""
+    results = []
+    for im in data["images"]:
+        img = cv2.imread(str(image_path(img_dir, im["file_name"])))
+        if img is None:
+            raise FileNotFoundError(f"cannot read {image_path(img_dir, im['file_name'])}")
+        fr = estimator(img)
+        for p in fr.people:
+            results.append({"image_id": im["id"], "category_id": 1,
+                            "keypoints": person_to_coco17(p.kp2d), "score": float(p.score)})
+    return results
+
+
+def image_path(img_dir: Path, file_name: str) -> Path:
+    """COCO file names are relative to the json's folder, or bare names inside its images/."""
+    p = img_dir / file_name
+    return p if p.exists() else img_dir / "images" / Path(file_name).name
+
+
+def person_to_coco17(kp2d: np.ndarray) -> list[float]:
+    out = []
+    for j in skeleton.COCO17_FROM_2D:
+        x, y, c = kp2d[j]
+        if not np.isfinite(x) or c <= 0:
+            out += [0.0, 0.0, 0.0]
+        else:
+            out += [float(x), float(y), float(c)]
+    return out
+
+
+def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], joints: tuple[int, ...] | None = None) -> dict[str, float]:
+    """OKS AP with pycocotools; `joints` keeps a subset of the 17 COCO keypoints."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    sig = np.array(skeleton.COCO_SIGMAS)
+    gt = json.loads(json.dumps(gt))
+    results = json.loads(json.dumps(results))
+    if joints is not None:
+        idx = np.array(joints)
+        for a in gt["annotations"]:
+            k = np.array(a.get("keypoints", [0] * 51), float).reshape(17, 3)[idx]
+            a["keypoints"] = k.ravel().tolist()
+            a["num_keypoints"] = int((k[:, 2] > 0).sum())
+        for r in results:
+            r["keypoints"] = np.array(r["keypoints"], float).reshape(17, 3)[idx].ravel().tolist()
+        sig = sig[idx]
+        for c in gt.get("categories", []):
+            c["keypoints"] = [c["keypoints"][i] for i in idx] if "keypoints" in c else []
+    gt.setdefault("categories", [{"id": 1, "name": "person"}])
+    if not results:
+        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ar": 0.0}
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO()
+        cg.dataset = gt
+        cg.createIndex()
+        cd = cg.loadRes(results)
+        ev = COCOeval(cg, cd, "keypoints")
+        ev.params.kpt_oks_sigmas = sig
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    s = ev.stats
+    return {"ap": float(max(s[0], 0)), "ap50": float(max(s[1], 0)), "ap75": float(max(s[2], 0)),
+            "ar": float(max(s[5], 0))}
+
+
+def pck(gt: dict[str, Any], results: list[dict[str, Any]], alpha: float = 0.2) -> float:
+    """PCK of the 12 body joints: each GT person matched to the prediction with the most joints
+    within alpha x torso-scale (box diagonal fallback); fraction of labelled joints found."""
+    by_img: dict[int, list[np.ndarray]] = {}
+    for r in results:
+        by_img.setdefault(r["image_id"], []).append(np.array(r["keypoints"], float).reshape(17, 3))
+    hit = total = 0
+    body = np.array(skeleton.COCO17_BODY)
+    for a in gt["annotations"]:
+        if a.get("iscrowd", 0) or a.get("num_keypoints", 0) == 0:
+            continue
+        g = np.array(a["keypoints"], float).reshape(17, 3)[body]
+        lab = g[:, 2] > 0
+        if not lab.any():
+            continue
+        x, y, w, h = a["bbox"]
+        thr = alpha * max(w, h)
+        best = 0
+        for p in by_img.get(a["image_id"], []):
+            q = p[body]
+            ok = (q[:, 2] > 0) & lab & (np.linalg.norm(q[:, :2] - g[:, :2], axis=1) < thr)
+            best = max(best, int(ok.sum()))
+        hit += best
+        total += int(lab.sum())
+    return hit / max(total, 1)
+
+
+def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path) -> dict[str, Any]:
+    data, img_dir = load_coco_json(coco_dir)
+    results = predict_coco(estimator, data, img_dir)
+    all17 = coco_ap(data, results)
+    body = coco_ap(data, results, skeleton.COCO17_BODY)
+    n_gt = sum(1 for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
+    return {"ap": all17["ap"], "ap50": all17["ap50"], "ar": all17["ar"],
+            "ap_body": body["ap"], "ap50_body": body["ap50"], "ar_body": body["ar"],
+            "pck_body@0.2": pck(data, results), "images": len(data["images"]), "gt_persons": n_gt,
+            "detections": len(results)}
+
+
+# -- MuPoTS-3D protocol (spec §2.10) -------------------------------------------------------------
+
+# Tree walk of the MuPoTS kit (1-based 16, 2, 1, 17, 3..14: head top and head hang off the neck)
+# used to rescale predicted bones to the ground truth's, 0-based, over the MuPoTS-17
+# joints: each entry (child, parent) after the pelvis (14).
+_MUPOTS_RESCALE_ORDER = ((15, 14), (1, 15), (0, 1), (16, 1), (2, 1), (3, 2), (4, 3), (5, 1), (6, 5), (7, 6),
+                         (8, 14), (9, 8), (10, 9), (11, 14), (12, 11), (13, 12))
+_MUPOTS_EVAL_JOINTS = tuple(range(14))  # the 14 LSP-compatible joints of the 17
+
+
+def rescale_to_gt_bones(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """Keep each predicted bone direction, set its length to the ground truth's (17 x 3 mm,
+    pelvis-centred)."""
+    out = np.zeros_like(pred)
+    out[14] = gt[14]
+    for c, p in _MUPOTS_RESCALE_ORDER:
+        d = pred[c] - pred[p]
+        n = np.linalg.norm(d)
+        length = np.linalg.norm(gt[c] - gt[p])
+        out[c] = out[p] + (d / n * length if n > 1e-9 else 0.0)
+    return out
+
+
+def mupots_errors(pred17: np.ndarray, gt17: np.ndarray) -> np.ndarray:
+    """Per-joint errors (14,) in mm after pelvis-centring and bone rescaling."""
+    p = pred17 - pred17[14]
+    g = gt17 - gt17[14]
+    p = rescale_to_gt_bones(p, g)
+    return np.linalg.norm(p - g, axis=1)[list(_MUPOTS_EVAL_JOINTS)]
+
+
+def match_mupots(pred2d: list[np.ndarray], gt2d: np.ndarray) -> list[int]:
+    """Greedy 2D matching: for each GT (first first), the unused prediction with the most joints
+    (1-based 2..14) within 40 px in both x and y; -1 when none matches."""
+    used: set[int] = set()
+    out = []
+    for g in gt2d:
+        best, best_n = -1, 0
+        for i, p in enumerate(pred2d):
+            if i in used:
+                continue
+            d = np.abs(p[1:14, :2] - g[1:14, :2])
+            ok = np.isfinite(d).all(1) & (d[:, 0] < 40) & (d[:, 1] < 40)
+            if ok.sum() > best_n:
+                best, best_n = i, int(ok.sum())
+        if best >= 0:
+            used.add(best)
+        out.append(best)
+    return out
+
+
+def pck3d_summary(errors: np.ndarray) -> dict[str, float]:
+    """3DPCK@150mm, AUC over 0:5:150 mm and MPJPE from an array of joint errors (NaN = miss)."""
+    e = np.where(np.isfinite(errors), errors, np.inf)
+    ths = np.arange(0, 151, 5)
+    return {"pck3d_150": float((e < MUPOTS_PCK_THRESHOLD_MM).mean() * 100),
+            "auc": float(np.mean([(e < t).mean() for t in ths]) * 100),
+            "mpjpe": float(errors[np.isfinite(errors)].mean()) if np.isfinite(errors).any() else float("nan")}

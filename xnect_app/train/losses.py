@@ -1,0 +1,40 @@
+"""Stage I losses: masked L2 on heatmaps and PAFs, neighbourhood-weighted L2 on 3D encodings."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..nn.stage1 import Stage1Output
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    heatmap: float = 1.0
+    paf: float = 1.0
+    enc3d: float = 500.0
+    # Heatmap pixels near joints count this much more than background, so small people are not
+    # drowned by the mostly empty maps.
+    heatmap_positive_boost: float = 9.0
+
+
+def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
+                w: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+    """targets: heatmaps, pafs, enc3d, enc3d_weight (N x C x h x w), hm_mask (N x 19 x h x w),
+    paf_mask (N x 36 x h x w), all float. Returns the total and its parts."""
+    n = out.heatmaps.shape[0]
+    hm_t = targets["heatmaps"]
+    hm_w = targets["hm_mask"] * (1.0 + w.heatmap_positive_boost * hm_t)
+    l_hm = (hm_w * (out.heatmaps - hm_t) ** 2).sum() / n / _spatial(hm_t)
+    l_paf = (targets["paf_mask"] * (out.pafs - targets["pafs"]) ** 2).sum() / n / _spatial(hm_t)
+    ew = targets["enc3d_weight"]
+    l_enc = (ew * (out.enc3d - targets["enc3d"]) ** 2).sum() / ew.sum().clamp(min=1.0)
+    total = w.heatmap * l_hm + w.paf * l_paf + w.enc3d * l_enc
+    parts = {"heatmap": l_hm.item(), "paf": l_paf.item(), "enc3d": l_enc.item(), "total": total.item()}
+    return total, parts
+
+
+def _spatial(t: torch.Tensor) -> float:
+    # Per-image sums are divided by the map area in units of a 32x32 map, so the loss scale does
+    # not change with the crop size.
+    return t.shape[-1] * t.shape[-2] / 1024.0

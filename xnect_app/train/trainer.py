@@ -1,0 +1,288 @@
+"""Stage I trainer: resumable, time-boxed, with loss curves and dev-set evaluation.
+
+Single machine: `xnect-train stage1 --out runs/xnect60`. Several machines or processes:
+`torchrun --nproc_per_node N -m xnect_app.cli.train stage1 ...` (DistributedDataParallel, gloo
+on CPU, nccl on GPU); every rank draws its own random samples, rank 0 writes checkpoints.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import skeleton
+from ..nn.stage1 import Stage1Config, Stage1Net
+from .losses import LossWeights, stage1_loss
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/xnect60"
+    backbone: str = "selecsls60"
+    size: tuple[int, int] = (256, 256)  # width, height of training crops
+    batch_size: int = 8
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    lr_decay_at: tuple[int, ...] = ()   # steps where the learning rate drops 10x
+    epoch_steps: int = 400
+    max_steps: int | None = None
+    max_hours: float | None = None
+    data_root: str = "../shared/data"
+    dev_set: str | None = "../shared/data/coco_dev"
+    teacher_cache: str = "data_cache"
+    composite_prob: float = 0.5
+    workers: int = 1
+    threads: int | None = None
+    seed: int = 0
+    save_every_min: float = 10.0
+    backbone_weights: str | None = None
+    device: str = "cpu"
+    loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
+
+
+def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Images (BGR float 0..255) and rendered, masked targets for a list of training samples."""
+    from ..pose.targets import render_targets
+
+    imgs, maps = [], {k: [] for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight", "hm_mask", "paf_mask")}
+    for s in samples:
+        img = _get(s, "image")
+        h, w = img.shape[:2]
+        kp3d = _get(s, "kp3d_mm")
+        t = render_targets(_get(s, "kp2d"), kp3d, in_size=(w, h), stride=stride)
+        hm_mask, paf_mask = target_masks(_get(s, "labelled_2d"), _get(s, "ignore_mask"), t["heatmaps"].shape[1:], stride)
+        imgs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float())
+        for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight"):
+            maps[k].append(torch.from_numpy(t[k]))
+        maps["hm_mask"].append(torch.from_numpy(hm_mask))
+        maps["paf_mask"].append(torch.from_numpy(paf_mask))
+    return torch.stack(imgs), {k: torch.stack(v) for k, v in maps.items()}
+
+
+def target_masks(labelled_2d: np.ndarray, ignore_mask: np.ndarray | None, hw: tuple[int, int],
+                 stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel loss masks: channels of joint types the source does not label are off, and
+    cells covering unlabelled people are off."""
+    h, w = hw
+    labelled = np.asarray(labelled_2d, bool)
+    spatial = np.ones((h, w), np.float32)
+    if ignore_mask is not None and ignore_mask.any():
+        ih, iw = ignore_mask.shape
+        cells = ignore_mask[: h * stride, : w * stride]
+        cells = np.pad(cells, ((0, h * stride - cells.shape[0]), (0, w * stride - cells.shape[1])))
+        spatial = 1.0 - cells.reshape(h, stride, w, stride).max(axis=(1, 3)).astype(np.float32)
+    hm_mask = labelled[:, None, None].astype(np.float32) * spatial[None]
+    limb_ok = np.array([labelled[a] and labelled[b] for a, b in skeleton.LIMBS_2D], np.float32)
+    paf_mask = np.repeat(limb_ok, 2)[:, None, None] * spatial[None]
+    return hm_mask, paf_mask
+
+
+def _get(s: Any, key: str) -> Any:
+    return s[key] if isinstance(s, dict) else getattr(s, key)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if cfg.device.startswith("cuda") else "gloo")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed + self.rank)
+        self.device = torch.device(cfg.device)
+        self.net = Stage1Net(Stage1Config(backbone=cfg.backbone)).to(self.device)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self._stop = False
+        resumed = self._resume()
+        if not resumed and cfg.backbone_weights:
+            from ..nn.stage1 import load_backbone_imagenet
+            load_backbone_imagenet(self.net, cfg.backbone_weights)
+            _logger.info("core initialised from %s", cfg.backbone_weights)
+        self.model: nn.Module = self.net
+        if self.world > 1:
+            self.model = nn.parallel.DistributedDataParallel(self.net)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _resume(self) -> bool:
+        path = self.out / "last.pt"
+        if not path.exists():
+            return False
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+        self.net.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.step = int(ck["step"])
+        self.history = list(ck.get("history", []))
+        _logger.info("resumed %s at step %d", path, self.step)
+        return True
+
+    def save(self) -> None:
+        if self.rank != 0:
+            return
+        ck = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
+              "history": self.history, "config": dataclasses.asdict(self.cfg),
+              "stage1_config": self.net.cfg.to_dict()}
+        tmp = self.out / "last.pt.tmp"
+        torch.save(ck, tmp)
+        os.replace(tmp, self.out / "last.pt")
+
+    # -- data --------------------------------------------------------------------------------
+    def _loader(self) -> torch.utils.data.DataLoader:
+        from .data import build_training_dataset
+
+        ds = build_training_dataset(data_root=self.cfg.data_root, size=tuple(self.cfg.size),
+                                    composite_prob=self.cfg.composite_prob,
+                                    teacher_cache=self.cfg.teacher_cache,
+                                    seed=self.cfg.seed + 1000 * self.rank + self.step)
+        sampler = torch.utils.data.RandomSampler(ds, replacement=True,
+                                                 num_samples=self.cfg.epoch_steps * self.cfg.batch_size)
+        return torch.utils.data.DataLoader(
+            ds, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_targets,
+            num_workers=self.cfg.workers, persistent_workers=self.cfg.workers > 0,
+            worker_init_fn=_seed_worker, prefetch_factor=4 if self.cfg.workers > 0 else None)
+
+    def lr_at(self, step: int) -> float:
+        lr = self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+        for s in self.cfg.lr_decay_at:
+            if step >= s:
+                lr *= 0.1
+        return lr
+
+    # -- loop --------------------------------------------------------------------------------
+    def run(self) -> None:
+        cfg = self.cfg
+        signal.signal(signal.SIGTERM, self._request_stop)
+        start = time.time()
+        last_save = time.time()
+        loader = self._loader()
+        weights = LossWeights(**cfg.loss)
+        self.net.train()
+        while not self._stop:
+            t_epoch = time.time()
+            sums: dict[str, float] = {}
+            n = 0
+            for imgs, targets in loader:
+                for g in self.opt.param_groups:
+                    g["lr"] = self.lr_at(self.step)
+                imgs = imgs.to(self.device)
+                targets = {k: v.to(self.device) for k, v in targets.items()}
+                out = self.model(imgs)
+                loss, parts = stage1_loss(out, targets, weights)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+                self.opt.step()
+                self.step += 1
+                n += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                if self.step % 10 == 0 and self.rank == 0:
+                    rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
+                    _logger.info("step %d  loss %.4f (hm %.4f paf %.4f 3d %.4f)  %.2f img/s  lr %.2e",
+                                 self.step, parts["total"], parts["heatmap"], parts["paf"], parts["enc3d"],
+                                 rate, self.lr_at(self.step))
+                if time.time() - last_save > cfg.save_every_min * 60:
+                    self.save()
+                    last_save = time.time()
+                hours = (time.time() - start) / 3600
+                if (cfg.max_steps and self.step >= cfg.max_steps) or (cfg.max_hours and hours >= cfg.max_hours) \
+                        or self._stop:
+                    self._stop = True
+                    break
+            if n == 0:
+                break
+            record = {"step": self.step, "time": time.time(), "images": n * cfg.batch_size * self.world,
+                      "seconds": time.time() - t_epoch, **{k: v / n for k, v in sums.items()}}
+            if self.rank == 0 and cfg.dev_set and n == cfg.epoch_steps:
+                record.update(self.evaluate())
+            self.history.append(record)
+            self.save()
+            last_save = time.time()
+            if self.rank == 0:
+                _append_jsonl(self.out / "log.jsonl", record)
+                plot_history(self.history, self.out / "loss.png")
+                _logger.info("epoch done: %s", json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                            for k, v in record.items()}))
+        self.save()
+
+    def evaluate(self) -> dict[str, float]:
+        from .evaluate import evaluate_coco
+        from ..estimator import PoseEstimator
+
+        self.net.eval()
+        try:
+            est = PoseEstimator.from_networks(self.net, None, tracking=False, fit_skeleton=False)
+            res = evaluate_coco(est, self.cfg.dev_set)
+            return {"dev_ap": res["ap"], "dev_ap_body": res["ap_body"], "dev_pck": res.get("pck", float("nan"))}
+        except Exception as e:  # evaluation must never kill a long training run
+            _logger.warning("dev evaluation failed: %s", e)
+            return {}
+        finally:
+            self.net.train()
+
+    def _request_stop(self, *_: Any) -> None:
+        self._stop = True
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = (torch.initial_seed() + worker_id) % 2**32
+    np.random.seed(seed)
+    import random
+    random.seed(seed)
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def plot_history(history: list[dict[str, Any]], path: Path) -> None:
+    """Loss curves (and dev AP) as a PNG; skipped quietly without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    if not history:
+        return
+    steps = [h["step"] for h in history]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for k in ("total", "heatmap", "paf", "enc3d"):
+        if k in history[0]:
+            axes[0].plot(steps, [h.get(k, math.nan) for h in history], label=k)
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_title("training loss (epoch means)")
+    axes[0].legend()
+    for k in ("dev_ap", "dev_ap_body"):
+        pts = [(h["step"], h[k]) for h in history if k in h]
+        if pts:
+            axes[1].plot(*zip(*pts), marker="o", label=k)
+    axes[1].set_xlabel("step")
+    axes[1].set_title("coco_dev AP")
+    axes[1].legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    os.replace(tmp, path)
