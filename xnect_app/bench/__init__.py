@@ -1,0 +1,1 @@
+"""Benchmarks behind `xnect-bench` (one module per subcommand)."""
