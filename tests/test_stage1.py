@@ -67,3 +67,21 @@ def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch():
         losses.append(parts)
     assert losses[-1]["total"] < 0.6 * losses[0]["total"]
     assert losses[0]["enc3d"] > 0  # the 3D branch is supervised
+
+
+def test_training_continues_from_an_exported_weights_file(tmp_path):
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    first = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b"))
+    first.step = 321
+    first.history = [{"step": 321, "total": 1.0}]
+    first.save()
+    export_weights(str(tmp_path / "a" / "last.pt"), None, str(tmp_path / "w.pt"))
+    second = Trainer(TrainConfig(out_dir=str(tmp_path / "b"), backbone="selecsls42b",
+                                 init_weights=str(tmp_path / "w.pt")))
+    assert second.step == 321 and second.history == first.history
+    assert second.lr_at(321) < 0.01 * second.cfg.lr  # warms up again with a fresh optimizer
+    a = first.net.state_dict()["b2d_out.weight"]
+    b = second.net.state_dict()["b2d_out.weight"]
+    assert torch.allclose(a.half().float(), b)

@@ -2,6 +2,7 @@
 
 Examples:
     xnect-train stage1 --out runs/xnect60 --max-hours 2          # start or resume
+    xnect-train stage1 --out runs/xnect60 --init models/xnect_selecsls60.pt  # continue the default
     xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
     torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
     xnect-train stage2 --out runs/stage2 --steps 3000
@@ -25,10 +26,12 @@ def _stage1(a: argparse.Namespace) -> None:
                       lr=a.lr, epoch_steps=a.epoch_steps, max_steps=a.max_steps, max_hours=a.max_hours,
                       data_root=a.data_root, dev_set=a.dev_set or None, teacher_cache=a.teacher_cache,
                       workers=a.workers, threads=a.threads, backbone_weights=a.backbone_weights,
-                      device=a.device, warmup_steps=a.warmup_steps,
+                      device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
                       lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s))
     if not Path(cfg.data_root).is_dir():
         die(f"data root {cfg.data_root!r} is not a folder (point --data-root at the training data)")
+    if a.init and not Path(a.init).is_file():
+        die(f"--init {a.init!r} does not exist")
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
         die(f"--backbone-weights {a.backbone_weights!r} does not exist")
     Trainer(cfg).run()
@@ -73,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--threads", type=int)
     s1.add_argument("--device", default="cpu")
     s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")
+    s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
+                                   "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)
     s2 = sub.add_parser("stage2", help="train the Stage II lifting network")
     s2.add_argument("--out", default="runs/stage2")

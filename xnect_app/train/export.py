@@ -22,7 +22,8 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
         "stage1_config": s1_cfg,
         "stage1": {k: (v.half() if half and v.is_floating_point() else v) for k, v in s1.items()},
         "meta": {"stage1_step": int(ck1.get("step", 0)), "exported": datetime.date.today().isoformat(),
-                 "history_tail": ck1.get("history", [])[-1:]},
+                 "history": ck1.get("history", []),
+                 "config": ck1.get("config", {})},
     }
     if stage2_ckpt:
         s2, s2_cfg, ck2 = _state(stage2_ckpt)

@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     save_every_min: float = 10.0
     backbone_weights: str | None = None
+    init_weights: str | None = None  # continue from an exported weights file (models/*.pt)
     device: str = "cpu"
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
@@ -111,6 +112,7 @@ class Trainer:
         self.net = Stage1Net(Stage1Config(backbone=cfg.backbone)).to(self.device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
+        self.warmup_from = 0
         self.history: list[dict[str, Any]] = []
         self._stop = False
         resumed = self._resume()
@@ -126,20 +128,35 @@ class Trainer:
     def _resume(self) -> bool:
         path = self.out / "last.pt"
         if not path.exists():
-            return False
+            return self._init_from_weights()
         ck = torch.load(path, map_location="cpu", weights_only=False)
         self.net.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.step = int(ck["step"])
         self.history = list(ck.get("history", []))
+        self.warmup_from = int(ck.get("warmup_from", 0))
         _logger.info("resumed %s at step %d", path, self.step)
+        return True
+
+    def _init_from_weights(self) -> bool:
+        """Start from an exported weights file, keeping its step count and loss history; the
+        optimizer state starts afresh (the warm-up covers that)."""
+        if not self.cfg.init_weights:
+            return False
+        doc = torch.load(self.cfg.init_weights, map_location="cpu", weights_only=True)
+        self.net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage1"].items()})
+        meta = doc.get("meta", {})
+        self.step = int(meta.get("stage1_step", 0))
+        self.history = list(meta.get("history", []))
+        self.warmup_from = self.step
+        _logger.info("initialised from %s at step %d", self.cfg.init_weights, self.step)
         return True
 
     def save(self) -> None:
         if self.rank != 0:
             return
         ck = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-              "history": self.history, "config": dataclasses.asdict(self.cfg),
+              "warmup_from": self.warmup_from, "history": self.history, "config": dataclasses.asdict(self.cfg),
               "stage1_config": self.net.cfg.to_dict()}
         tmp = self.out / "last.pt.tmp"
         torch.save(ck, tmp)
@@ -161,7 +178,7 @@ class Trainer:
             worker_init_fn=_seed_worker, prefetch_factor=4 if self.cfg.workers > 0 else None)
 
     def lr_at(self, step: int) -> float:
-        lr = self.cfg.lr * min(1.0, (step + 1) / max(1, self.cfg.warmup_steps))
+        lr = self.cfg.lr * min(1.0, (step - self.warmup_from + 1) / max(1, self.cfg.warmup_steps))
         for s in self.cfg.lr_decay_at:
             if step >= s:
                 lr *= 0.1
