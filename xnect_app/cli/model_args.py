@@ -1,0 +1,86 @@
+"""Model options shared by the command-line programs, and the one-line error convention."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import Any, NoReturn
+
+DEFAULT_INPUT_SIZE = (512, 320)
+
+
+def input_size(text: str) -> tuple[int, int]:
+    """argparse type for WIDTHxHEIGHT, both multiples of 16."""
+    m = re.fullmatch(r"\s*(\d+)\s*[xX,]\s*(\d+)\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not WIDTHxHEIGHT (e.g. 512x320)")
+    w, h = int(m.group(1)), int(m.group(2))
+    if w < 32 or h < 32 or w % 16 or h % 16:
+        raise argparse.ArgumentTypeError(f"{w}x{h}: width and height must be multiples of 16, at least 32")
+    return w, h
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model")
+    g.add_argument("--weights", metavar="PATH", help="weights file (default: the bundled model in models/)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="use an untrained, randomly initialised (seeded) network, for testing the tools only")
+    g.add_argument("--seed", type=int, default=0,
+                   help="seed for --random-weights: the same untrained network every run")
+    g.add_argument("--backbone", default="selecsls60",
+                   help="SelecSLS variant for --random-weights (weights files carry their own)")
+    g.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
+                   help="network input size, multiples of 16 (default 512x320)")
+    g.add_argument("--fov", type=float, default=None, metavar="DEG",
+                   help="horizontal field of view of the camera in degrees (metric 3D depends on it; "
+                        "default: the estimator's)")
+    g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+
+
+def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
+    """PoseEstimator keyword arguments from parsed options (picklable, for worker processes)."""
+    if args.weights and args.random_weights:
+        raise ValueError("--weights and --random-weights exclude each other")
+    kw: dict[str, Any] = dict(weights=args.weights, backbone=args.backbone, input_size=tuple(args.input_size),
+                              device=args.device, random_init=bool(args.random_weights))
+    if args.random_weights:
+        kw["seed"] = args.seed
+    if args.fov is not None:
+        kw["fov"] = args.fov
+    kw.update(overrides)
+    return kw
+
+
+def build_estimator(**kw: Any):
+    """PoseEstimator(**kw); user mistakes (missing weights, bad options) become UserError."""
+    from ..estimator import PoseEstimator
+    kw = dict(kw)
+    seed = kw.pop("seed", None)
+    if kw.get("random_init"):
+        import torch
+        torch.manual_seed(seed or 0)  # untrained, but the same network every run (reproducible tests)
+    try:
+        return PoseEstimator(**kw)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    except KeyError as e:  # unknown backbone name
+        raise UserError(str(e.args[0]) if e.args else str(e)) from None
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    except RuntimeError as e:
+        if "device" in str(e).lower() or "cuda" in str(e).lower():
+            raise UserError(f"device {kw.get('device')!r}: {str(e).splitlines()[0]}") from None
+        raise
+
+
+class UserError(Exception):
+    """A mistake the user can fix; reported as one line, never a traceback."""
+
+
+def fail(prog: str, message: str, code: int = 1) -> NoReturn:
+    print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(str(message).split())
