@@ -159,6 +159,15 @@ def add_pipeline(subparsers) -> None:
     p.set_defaults(func=bench_pipeline.run)
 
 
+def add_dynconv(subparsers) -> None:
+    from xnect_app.bench import dynconv as bench_dynconv
+
+    p = subparsers.add_parser("dynconv", help="DynConv sparse vs dense Stage I on a video, side by side",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_dynconv.build_parser(p)
+    p.set_defaults(func=bench_dynconv.run)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def _fail(args: argparse.Namespace, message: str):
@@ -174,6 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_backbone(sub)
     add_pose(sub)
     add_pipeline(sub)
+    add_dynconv(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-bench {name}")
     return parser

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from .. import skeleton
-from . import selecsls
+from . import dynconv, selecsls
 
 STRIDE = 8
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
@@ -40,6 +40,11 @@ class Stage1Config:
     widths_2d: tuple[int, ...] = field(default=(256, 192, 128, 96))
     widths_3d: tuple[int, ...] = field(default=(256, 192, 160, 160, 128))
     skip8_chs: int = 64
+    # DynConv (xnect_app/nn/dynconv.py): a mask unit on the output of block `dynconv_from - 1`
+    # gates every later block and the heads; off = the plain dense network, unchanged.
+    dynconv: bool = False
+    dynconv_budget: float = 0.25  # target share of the masked MACs (sparsity loss)
+    dynconv_from: int = 2         # first masked SelecSLS block
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -89,6 +94,7 @@ class Stage1Net(nn.Module):
         self.register_buffer("std", torch.tensor([s * 255 for s in IMAGENET_STD_RGB[::-1]]).view(1, 3, 1, 1),
                              persistent=False)
         self._init_heads()
+        self._init_dynconv()
 
     def _tap_channels(self) -> tuple[int, int]:
         info = {f["reduction"]: f["num_chs"] for f in self.core.feature_info}
@@ -104,6 +110,87 @@ class Stage1Net(nn.Module):
             nn.init.normal_(out.weight, std=0.001)
             nn.init.zeros_(out.bias)
 
+    def _init_dynconv(self) -> None:
+        # Plain attributes only: nothing here enters the state dict unless cfg.dynconv is on.
+        self.dynconv_tau = 1.0       # Gumbel temperature (training)
+        self.dynconv_noise = True    # Gumbel noise on (training; the trainer turns it off late)
+        self.dynconv_costs: list[dynconv.LayerCost] = []  # from the last masked forward
+        self.last_mask: torch.Tensor | None = None         # N x 1 x H/8 x W/8, last masked forward
+        self._sparse_on = False
+        self._sparse_exec: dynconv.SparseStage1 | None = None
+        self._mask_override: torch.Tensor | None = None
+        self._dense_above = dynconv.DENSE_ABOVE
+        self._background: torch.Tensor | None = None
+        self._first_masked = self.cfg.dynconv_from
+        self.register_load_state_dict_post_hook(_drop_sparse_executor)
+        if not self.cfg.dynconv:
+            return
+        first = self.cfg.dynconv_from
+        red = self.core.cfg.reductions
+        if not 1 <= first < len(red) or red[first - 1] not in (4, 8):
+            raise ValueError(f"dynconv_from={first}: the mask unit must read a stride-4 or stride-8 "
+                             f"block output (block output strides {red})")
+        tap = self.core.cfg.blocks[first - 1].out_chs
+        self.mask_unit = dynconv.MaskUnit(tap, stride=8 // red[first - 1])
+
+    @property
+    def first_masked_block(self) -> int:
+        return self._first_masked
+
+    def set_sparse(self, enabled: bool = True, mask_override: torch.Tensor | None = None,
+                   dense_above: float | None = None,
+                   background: torch.Tensor | None | bool = False,
+                   first_block: int | None = None) -> "Stage1Net":
+        """Switch DynConv sparse execution (eval mode, CPU) on or off.
+
+        Args:
+            enabled: run blocks from `cfg.dynconv_from` on and the heads only on active cells.
+            mask_override: stride-8 mask ([H/8, W/8], [N, H/8, W/8] or [N, 1, H/8, W/8]) used
+                instead of the mask unit (e.g. an oracle motion mask); with it, a network built
+                without `dynconv` runs masked too, and the masked-dense path (enabled=False) uses it.
+            dense_above: cost share above which the masked-dense fallback runs (default
+                `dynconv.DENSE_ABOVE`).
+            background: an image of the empty scene (1 x 3 x H x W, BGR 0..255): inactive cells of
+                masked blocks get its features instead of zeros (the sparse executor and its dense
+                fallback; for networks not trained with DynConv, on a static camera); None clears
+                it, False keeps it.
+            first_block: first masked SelecSLS block when the mask is `mask_override` (default
+                `cfg.dynconv_from`; earlier = more of the network sparse).
+        The executor snapshots the weights (BN folded); `train()`, `eval()` and `load_state_dict`
+        drop it, and it is rebuilt on the next sparse forward.
+        """
+        if enabled and not self.cfg.dynconv and mask_override is None:
+            raise ValueError("sparse execution needs a mask: build the network with "
+                             "Stage1Config(dynconv=True) or pass mask_override")
+        first = self.cfg.dynconv_from if first_block is None else int(first_block)
+        if first != self.cfg.dynconv_from:
+            if mask_override is None:
+                raise ValueError("first_block needs mask_override: the mask unit reads the output "
+                                 f"of block {self.cfg.dynconv_from - 1}")
+            if not 0 <= first < len(self.core.features):
+                raise ValueError(f"first_block must be in 0..{len(self.core.features) - 1}")
+        self._first_masked = first
+        self._sparse_on = bool(enabled)
+        self._mask_override = mask_override
+        if dense_above is not None:
+            self._dense_above = float(dense_above)
+            if self._sparse_exec is not None:
+                self._sparse_exec.dense_above = self._dense_above
+        if background is not False and background is not self._background:
+            self._background = background
+            if self._sparse_exec is not None:
+                self._sparse_exec.set_background(background)
+        return self
+
+    @property
+    def sparse_stats(self) -> "dynconv.SparseStats | None":
+        """Active share, executed cost share, sparse-or-fallback and mask of the last sparse forward."""
+        return None if self._sparse_exec is None else self._sparse_exec.last
+
+    def train(self, mode: bool = True) -> "Stage1Net":
+        self._sparse_exec = None
+        return super().train(mode)
+
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         # BGR 0..255 -> ImageNet-normalised BGR order (the channel order the core was built for
         # is irrelevant when training from scratch; ImageNet weights expect RGB, handled by the
@@ -111,6 +198,14 @@ class Stage1Net(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> Stage1Output:
+        if self.cfg.dynconv or self._mask_override is not None:
+            if self._sparse_on and not self.training:
+                if self._sparse_exec is None:
+                    self._sparse_exec = dynconv.SparseStage1(self, self.cfg.dynconv_from, self._dense_above)
+                    self._sparse_exec.set_background(self._background)
+                self._sparse_exec.first_masked = self._first_masked
+                return Stage1Output(*self._sparse_exec(x, self._mask_override))
+            return self._forward_masked(x)
         feats = self.core(self.normalise(x))
         f8, f16 = feats.stride8, feats.stride16
         u2 = self.b2d_up(self.b2d_reduce(f16))
@@ -123,6 +218,53 @@ class Stage1Net(nn.Module):
         enc = self.b3d_out(y3)
         j = self.cfg.num_joints_2d
         return Stage1Output(out2[:, :j], out2[:, j:], enc)
+
+    def _dynconv_mask(self, tap: torch.Tensor, h8: int, w8: int) -> torch.Tensor:
+        if self._mask_override is not None:
+            return dynconv.as_mask(self._mask_override, tap.shape[0], h8, w8).to(tap)
+        logits = self.mask_unit(tap)
+        if self.training:
+            return dynconv.gumbel_mask(logits, self.dynconv_tau, self.dynconv_noise)
+        return dynconv.hard_mask(logits)
+
+    def _forward_masked(self, x: torch.Tensor) -> Stage1Output:
+        """Masked-dense DynConv forward (training, and the reference of the sparse path).
+
+        Masked blocks output block(x) * mask (zero fill); the heads' maps are zero off the mask.
+        Records `dynconv_costs` for `dynconv.sparsity_loss` and `last_mask`.
+        """
+        core = self.core
+        feats = [core.stem(self.normalise(x))]
+        h8, w8 = (x.shape[-2] + 7) // 8, (x.shape[-1] + 7) // 8
+        m8 = f8 = None
+        costs = []
+        for i, block in enumerate(core.features):
+            if i == self._first_masked:
+                m8 = self._dynconv_mask(feats[0], h8, w8)
+            feats = block(feats)
+            if m8 is not None:
+                m = dynconv.mask_at(m8, core.cfg.reductions[i], x.shape[-2:])
+                costs.append(dynconv.block_costs(f"features.{i}", block, m))
+                out = feats[0] * m
+                feats = [out, out] if block.is_first else [out, feats[1]]
+            if i == core.stride8_index:
+                f8 = feats[0]
+        f16 = feats[0]
+        u2 = _match(self.b2d_up(self.b2d_reduce(f16)), f8)
+        y2 = self.b2d_conv2(self.b2d_conv1(torch.cat([u2, self.b2d_skip8(f8)], 1)))
+        out2 = self.b2d_out(y2) * m8
+        y3 = self.b3d_conv1(_match(self.b3d_up(self.b3d_reduce(f16)), f8))
+        y3 = self.b3d_conv2(self.b3d_merge(torch.cat([u2, y3], 1)))
+        enc = self.b3d_out(y3) * m8
+        costs.append(dynconv.head_costs(self, m8))
+        self.dynconv_costs = costs
+        self.last_mask = m8.detach()
+        j = self.cfg.num_joints_2d
+        return Stage1Output(out2[:, :j], out2[:, j:], enc)
+
+
+def _drop_sparse_executor(module: Stage1Net, incompatible_keys) -> None:
+    module._sparse_exec = None  # new weights: the folded snapshot is stale
 
 
 def _match(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

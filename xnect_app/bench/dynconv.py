@@ -1,0 +1,502 @@
+"""DynConv benchmark: sparse vs dense Stage I, side by side on the same video frames.
+
+For every frame the dense network (as `PoseEstimator` runs it) and the DynConv sparse path run one
+after the other (the order alternates), and the report gives wall-clock frames per second of
+both, the speed-up, the active fraction of the mask, the executed share of the masked MACs, and
+the agreement of the people both paths find (OKS, COCO sigmas, Hungarian-matched).
+
+Where the mask comes from:
+- a network trained with DynConv (`Stage1Config(dynconv=True)`) uses its own mask unit;
+- otherwise an ORACLE MOTION MASK, labelled as such in every report: the per-pixel median of
+  frames sampled over the whole clip is the background (it peeks at future frames), the
+  foreground is |frame - background| > a threshold, a stride-8 cell is active when enough of it
+  is foreground, and the active cells are dilated by a margin. It shows the speed-up the sparse
+  path reaches at the clip's real active fraction; it is not a learned mask. `budget` caps the
+  active fraction (the weakest cells go first).
+
+`--sweep` also times sparse vs masked-dense (both with BN folded) over blob masks of growing size,
+which is where `dynconv.DENSE_ABOVE`, the dense-fallback threshold, comes from.
+
+Timings are wall-clock medians; the machine's load average before and after is reported, and the
+process CPU time per frame is given too (other processes do not inflate it as much).
+
+examples:
+  python -m xnect_app.bench.dynconv --random-weights --frames 40
+  python -m xnect_app.bench.dynconv --checkpoint runs/xnect60/last.pt --threads 1 --json out.json
+  python -m xnect_app.bench.dynconv --random-weights --sweep --frames 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from .. import skeleton
+from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from ..estimator import letterbox
+from ..nn import dynconv
+from ..nn.stage1 import STRIDE
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
+# COCO keypoint sigmas (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
+COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
+                        1.07, 1.07, .87, .87, .89, .89]) / 10.0
+
+
+# --------------------------------------------------------------------------- oracle mask
+
+class MotionMask:
+    """ORACLE motion mask at stride 8 from a median background of the whole clip.
+
+    Args:
+        background: letterboxed network-size BGR background image.
+        threshold: grey-level difference that counts as foreground.
+        cell_fraction: share of a stride-8 cell that must be foreground for it to be active.
+        margin: dilation of the active cells, in cells (people's still parts and context).
+        budget: most cells that may be active (a fraction); the weakest cells are dropped first.
+    """
+
+    def __init__(self, background: np.ndarray, threshold: int = 25, cell_fraction: float = 0.05,
+                 margin: int = 2, budget: float = 1.0):
+        self.background = _grey(background)
+        self.threshold, self.cell_fraction = threshold, cell_fraction
+        self.margin, self.budget = margin, budget
+
+    def __call__(self, image: np.ndarray) -> torch.Tensor:
+        fg = (cv2.absdiff(_grey(image), self.background) > self.threshold).astype(np.uint8)
+        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        h, w = fg.shape
+        score = fg.reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE).mean((1, 3))
+        score = torch.from_numpy(score).float().flatten()
+        order = torch.argsort(score, descending=True, stable=True)
+        active = int((score >= self.cell_fraction).sum())
+
+        def grown(k: int) -> torch.Tensor:  # the k strongest cells, dilated
+            core = torch.zeros(h * w // STRIDE ** 2)
+            core[order[:k]] = 1
+            return dynconv.dilate(core.view(1, 1, h // STRIDE, w // STRIDE), self.margin)[0, 0]
+
+        lo, hi = 0, active  # largest k whose dilated mask fits the budget
+        if float(grown(hi).mean()) <= self.budget:
+            return grown(hi)
+        while lo < hi - 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if float(grown(mid).mean()) <= self.budget else (lo, mid)
+        return grown(lo)
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+
+
+def read_frames(video: str | Path, count: int, start: int = 0) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise UserError(f"{video}: cannot open the video")
+    try:
+        if start:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        frames = []
+        while len(frames) < count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            frames.append(frame)
+    finally:
+        cap.release()
+    return frames
+
+
+def median_background(video: str | Path, size: tuple[int, int], samples: int = 25) -> np.ndarray:
+    """Per-pixel median of `samples` frames spread over the clip, letterboxed to `size`."""
+    cap = cv2.VideoCapture(str(video))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or samples
+    picks = []
+    for i in np.linspace(0, max(total - 1, 0), samples).astype(int):
+        cap.set(cv2.CAP_PROP_POS_FRAMES, int(i))
+        ok, frame = cap.read()
+        if ok:
+            picks.append(letterbox(frame, size)[0])
+    cap.release()
+    if not picks:
+        raise UserError(f"{video}: cannot read frames for the background")
+    return np.median(np.stack(picks), 0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- agreement
+
+def oks(ref: np.ndarray, other: np.ndarray) -> float:
+    """COCO OKS of `other` against `ref` (both 19 x 3 [x, y, conf]); the area is ref's box area."""
+    r = ref[list(skeleton.COCO17_FROM_2D)]
+    o = other[list(skeleton.COCO17_FROM_2D)]
+    seen = r[:, 2] > 0
+    if not seen.any():
+        return 0.0
+    xy = r[seen, :2]
+    area = max(float(np.ptp(xy[:, 0]) * np.ptp(xy[:, 1])), 1.0)
+    d2 = np.sum((o[seen, :2] - xy) ** 2, 1)
+    k2 = (2 * COCO_SIGMAS[seen]) ** 2
+    e = np.exp(-d2 / (2 * area * k2))
+    e[~(o[seen, 2] > 0)] = 0.0  # a joint the other side did not find scores 0
+    return float(e.mean())
+
+
+def frame_agreement(dense: list, sparse: list) -> tuple[float, list[float]]:
+    """(sum of matched OKS / max(#dense, #sparse), matched OKS values); 1.0 when both are empty."""
+    if not dense and not sparse:
+        return 1.0, []
+    if not dense or not sparse:
+        return 0.0, []
+    from scipy.optimize import linear_sum_assignment
+    table = np.array([[oks(d.kp2d, s.kp2d) for s in sparse] for d in dense])
+    rows, cols = linear_sum_assignment(-table)
+    matched = [float(table[i, j]) for i, j in zip(rows, cols)]
+    return sum(matched) / max(len(dense), len(sparse)), matched
+
+
+def map_errors(dense, sparse, mask: torch.Tensor, margin: int) -> dict[str, float]:
+    """Relative L2 error ||sparse - dense|| / ||dense|| of each Stage I map on the mask's cells and
+    on its core (the mask eroded by `margin`: where the oracle saw motion)."""
+    core = -dynconv.dilate(-mask, margin) if margin else mask
+    out = {}
+    for name, d, s in zip(("heatmaps", "pafs", "enc3d"), dense, sparse):
+        for where, m in (("active", mask), ("core", core)):
+            sel = m.expand_as(d) > 0
+            ref = float(d[sel].norm())
+            out[f"{name}_{where}"] = float((s[sel] - d[sel]).norm()) / ref if ref > 0 else 0.0
+    return out
+
+
+# --------------------------------------------------------------------------- benchmark
+
+def _machine(threads: int) -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "torch_threads": threads}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _timed(fn) -> tuple[Any, float, float]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return out, (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
+
+
+def _summary(ms: list[float]) -> dict[str, float]:
+    med = statistics.median(ms)
+    return {"median_ms": round(med, 2), "min_ms": round(min(ms), 2), "fps": round(1000.0 / med, 3)}
+
+
+def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budget: float = 1.0,
+                      json_out: str | Path | None = None, estimator=None, start: int = 0,
+                      threads: int | None = None, margin: int = 2,
+                      dense_above: float | None = None, fill: str = "background",
+                      first_block: int | None = None) -> dict[str, Any]:
+    """Sparse vs dense Stage I on `frames` frames of `video` at the estimator's input size.
+
+    Args:
+        video: a clip (default demo_videos/vtest.avi).
+        frames: timed frames (after one untimed warm-up frame per path).
+        budget: most stride-8 cells the oracle mask may activate (fraction; 1 = no cap).
+        json_out: also write the report there (atomically).
+        estimator: a `PoseEstimator` (default: an untrained 512x320 SelecSLS-60, labelled so).
+        start: first frame of the clip.
+        threads: torch CPU threads (default: torch's setting).
+        margin: oracle mask dilation in stride-8 cells.
+        dense_above: override of the dense-fallback threshold (cost share).
+        fill: what inactive cells of masked blocks hold with the oracle mask: "background" (the
+            features of the median background image) or "zero" (what DynConv training uses).
+        first_block: first masked SelecSLS block with the oracle mask (default: the config's
+            `dynconv_from`; 0 makes everything after the stem sparse).
+    Returns the report dict (also what is written to json_out).
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    if estimator is None:
+        estimator = build_estimator(random_init=True, tracking=False)
+    est = estimator
+    est.tracking = False
+    est.reset()
+    net = est.stage1
+    learned = bool(net.cfg.dynconv)
+    size = est.input_size
+    if not Path(video).is_file():
+        raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    clip = read_frames(video, frames + 1, start)
+    if len(clip) < 2:
+        raise UserError(f"{video}: fewer than 2 frames from frame {start}")
+    if fill not in ("background", "zero"):
+        raise ValueError(f"fill must be 'background' or 'zero', not {fill!r}")
+    oracle = background = None
+    if not learned:
+        bg = median_background(video, size)
+        oracle = MotionMask(bg, margin=margin, budget=budget)
+        if fill == "background":
+            background = torch.from_numpy(bg).permute(2, 0, 1)[None].float().to(est.device)
+    load_before = _loadavg()
+
+    def dense(frame):
+        net.set_sparse(False, None)
+        return est.detect_batch([frame])[0]
+
+    def sparse(frame, mask):
+        net.set_sparse(True, mask, dense_above, background, None if learned else first_block)
+        return est.detect_batch([frame])[0]
+
+    rows: list[dict[str, Any]] = []
+    maps: list = []  # the Stage I outputs of this frame, in run order
+    with torch.inference_mode():
+        first = clip[0]
+        m0 = None if learned else oracle(letterbox(first, size)[0])
+        dense(first), sparse(first, m0)  # warm-up: oneDNN primitives, executor build
+        hook = net.register_forward_hook(lambda _m, _i, out: maps.append(out))
+        for i, frame in enumerate(clip[1:]):
+            maps.clear()
+            mask, mask_ms, _ = _timed(lambda: None if learned else oracle(letterbox(frame, size)[0]))
+            order = ("dense", "sparse") if i % 2 == 0 else ("sparse", "dense")
+            got = {}
+            for mode in order:
+                res, wall, cpu = _timed(lambda: dense(frame) if mode == "dense" else sparse(frame, mask))
+                got[mode] = (res, wall, cpu)
+            st = net.sparse_stats
+            out = dict(zip(order, maps))
+            errors = map_errors(out["dense"], out["sparse"], st.mask, margin if not learned else 0)
+            agree, matched = frame_agreement(got["dense"][0].people, got["sparse"][0].people)
+            rows.append({
+                "frame": start + 1 + i, "active": st.active, "cost_fraction": st.cost_fraction,
+                "sparse_path": st.sparse, "mask_ms": mask_ms,
+                "dense_ms": got["dense"][1], "sparse_ms": got["sparse"][1],
+                "dense_cpu_ms": got["dense"][2], "sparse_cpu_ms": got["sparse"][2],
+                "dense_stage1_ms": got["dense"][0].timings_ms["stage1"],
+                "sparse_stage1_ms": got["sparse"][0].timings_ms["stage1"],
+                "people_dense": len(got["dense"][0].people), "people_sparse": len(got["sparse"][0].people),
+                "oks_frame": agree, "oks_matched": matched, "map_errors": errors,
+            })
+        hook.remove()
+    net.set_sparse(False, None, background=None)
+    report = _report(rows, est, learned, budget, margin, video, load_before, torch.get_num_threads())
+    report["fill"] = "zero (learned mask)" if learned else fill
+    report["first_masked_block"] = net.first_masked_block if learned or first_block is None else first_block
+    if json_out:
+        from ..io.sinks import atomic_write_text
+        atomic_write_text(Path(json_out), json.dumps(report, indent=1) + "\n")
+    return report
+
+
+def _report(rows, est, learned, budget, margin, video, load_before, threads) -> dict[str, Any]:
+    col = lambda k: [r[k] for r in rows]  # noqa: E731
+    matched = [v for r in rows for v in r["oks_matched"]]
+    d1, s1 = _summary(col("dense_stage1_ms")), _summary(col("sparse_stage1_ms"))
+    d, s = _summary(col("dense_ms")), _summary(col("sparse_ms"))
+    return {
+        "video": str(video), "frames": len(rows), "input_size": list(est.input_size),
+        "model": est.model_name,
+        "mask": ("learned (the network's DynConv mask unit)" if learned else
+                 f"ORACLE motion mask (median background of the whole clip, margin {margin} cells, "
+                 f"budget {budget}); not a learned mask"),
+        "stage1": {"dense": d1, "sparse": s1, "speedup": round(d1["median_ms"] / s1["median_ms"], 3)},
+        "per_frame": {"dense": d, "sparse": s, "speedup": round(d["median_ms"] / s["median_ms"], 3),
+                      "note": "letterbox + Stage I + decode (+ Stage II when the model has one); no tracking"},
+        "cpu_ms_per_frame": {"dense": round(statistics.median(col("dense_cpu_ms")), 2),
+                             "sparse": round(statistics.median(col("sparse_cpu_ms")), 2)},
+        "mask_ms": round(statistics.median(col("mask_ms")), 3) if not learned else None,
+        "active_fraction": round(statistics.mean(col("active")), 4),
+        "cost_fraction": round(statistics.mean(col("cost_fraction")), 4),
+        "dense_fallback_frames": sum(not r["sparse_path"] for r in rows),
+        "map_rel_error": {k: round(statistics.median(r["map_errors"][k] for r in rows), 4)
+                          for k in rows[0]["map_errors"]},
+        "agreement": {
+            "oks_mean_per_frame": round(statistics.mean(col("oks_frame")), 4),
+            "oks_mean_matched": round(statistics.mean(matched), 4) if matched else None,
+            "people_dense": sum(col("people_dense")), "people_sparse": sum(col("people_sparse")),
+            "frames_with_people": sum(1 for r in rows if r["people_dense"] or r["people_sparse"]),
+        },
+        "machine": _machine(threads), "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "rows": rows,
+    }
+
+
+def blob_mask(h: int, w: int, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Random person-shaped (5 x 12 cell) blobs until `fraction` of the H x W cells are active."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.zeros(h, w)
+    while float(m.mean()) < fraction:
+        y = int(torch.randint(0, max(h - 12, 1), (1,), generator=g))
+        x = int(torch.randint(0, max(w - 5, 1), (1,), generator=g))
+        m[y:y + 12, x:x + 5] = 1
+    return m
+
+
+def run_break_even_sweep(net, size: tuple[int, int] = (512, 320),
+                         fractions=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.7), runs: int = 3) -> list[dict]:
+    """Sparse vs masked-dense (both BN-folded) over blob masks: where does sparse stop paying?"""
+    x = torch.rand(1, 3, size[1], size[0]) * 255
+    h, w = size[1] // STRIDE, size[0] // STRIDE
+    out = []
+    with torch.inference_mode():
+        for f in fractions:
+            m = blob_mask(h, w, f)
+            times = {"sparse": [], "masked_dense": []}
+            for r in range(runs + 1):
+                for mode, above in (("sparse", 2.0), ("masked_dense", -1.0)):
+                    net.set_sparse(True, m, above)
+                    _, ms, _ = _timed(lambda: net(x))
+                    if r:
+                        times[mode].append(ms)
+            net.set_sparse(True, m, 2.0)
+            net(x)
+            st = net.sparse_stats
+            sp, md = statistics.median(times["sparse"]), statistics.median(times["masked_dense"])
+            out.append({"active": round(st.active, 4), "cost_fraction": round(st.cost_fraction, 4),
+                        "sparse_ms": round(sp, 1), "masked_dense_ms": round(md, 1),
+                        "ratio": round(sp / md, 3)})
+            _logger.info("sweep: active %.2f cost %.2f sparse %.0f ms masked-dense %.0f ms",
+                         st.active, st.cost_fraction, sp, md)
+    net.set_sparse(False, None)
+    return out
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    s1, pf, ag = rep["stage1"], rep["per_frame"], rep["agreement"]
+    lines = [
+        f"DynConv on {Path(rep['video']).name}: {rep['frames']} frames at "
+        f"{rep['input_size'][0]}x{rep['input_size'][1]}, model {rep['model']}",
+        f"mask: {rep['mask']}; inactive cells of masked blocks hold: {rep.get('fill')}; "
+        f"masked from block {rep.get('first_masked_block')}",
+        f"active fraction {rep['active_fraction']:.3f}, executed share of the masked MACs "
+        f"{rep['cost_fraction']:.3f}, dense fallback on {rep['dense_fallback_frames']} frames",
+        f"{'':12}{'dense fps':>10}{'sparse fps':>12}{'speed-up':>10}",
+        f"{'Stage I':12}{s1['dense']['fps']:>10.2f}{s1['sparse']['fps']:>12.2f}{s1['speedup']:>9.2f}x",
+        f"{'per frame':12}{pf['dense']['fps']:>10.2f}{pf['sparse']['fps']:>12.2f}{pf['speedup']:>9.2f}x",
+        f"CPU time per frame: dense {rep['cpu_ms_per_frame']['dense']:.0f} ms, "
+        f"sparse {rep['cpu_ms_per_frame']['sparse']:.0f} ms",
+        f"agreement: OKS per frame {ag['oks_mean_per_frame']:.3f}, matched people "
+        f"{ag['oks_mean_matched'] if ag['oks_mean_matched'] is not None else 'n/a'}; people dense "
+        f"{ag['people_dense']} / sparse {ag['people_sparse']}",
+        "relative map error (median; active cells / motion core): " + ", ".join(
+            f"{n} {rep['map_rel_error'][n + '_active']:.3f}/{rep['map_rel_error'][n + '_core']:.3f}"
+            for n in ("heatmaps", "pafs", "enc3d")),
+        f"machine: {rep['machine']['cpus']} CPUs, torch {rep['machine']['torch']}, "
+        f"{rep['machine']['torch_threads']} threads, load average {rep['loadavg_before']} -> "
+        f"{rep['loadavg_after']}",
+    ]
+    for row in rep.get("sweep", []):
+        lines.append(f"sweep: active {row['active']:.2f} cost {row['cost_fraction']:.2f}: sparse "
+                     f"{row['sparse_ms']:.0f} ms vs masked-dense {row['masked_dense_ms']:.0f} ms "
+                     f"({row['ratio']:.2f})")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
+    return v
+
+
+def _count(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
+    return v
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of the benchmark; pass a subparser to mount it under `xnect-bench dynconv`."""
+    p = parser or argparse.ArgumentParser(prog="xnect-bench dynconv", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", default=str(DEFAULT_VIDEO),
+                   help="clip (default demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
+    p.add_argument("--frames", type=_count, default=60, help="timed frames (default %(default)s)")
+    p.add_argument("--start", type=_count, default=0, help="first frame of the clip")
+    p.add_argument("--budget", type=_fraction, default=1.0,
+                   help="most cells the oracle mask may activate, a fraction (default: no cap)")
+    p.add_argument("--margin", type=_count, default=2, help="oracle mask dilation in cells (default 2)")
+    p.add_argument("--dense-above", type=float, default=None, metavar="F",
+                   help=f"cost share above which the dense fallback runs (default {dynconv.DENSE_ABOVE})")
+    p.add_argument("--fill", choices=("background", "zero"), default="background",
+                   help="inactive cells of masked blocks (oracle mask): features of the median "
+                        "background image, or zeros as in DynConv training (default %(default)s)")
+    p.add_argument("--first-block", type=_count, default=None, metavar="I",
+                   help="first masked SelecSLS block with the oracle mask (default: the model's "
+                        "dynconv_from, 2; 0 = everything after the stem)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
+    p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    add_model_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for a parsed namespace (what `xnect-bench dynconv` would call)."""
+    if args.threads is not None and args.threads < 1:
+        raise UserError("--threads must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.checkpoint:
+        from ..estimator import PoseEstimator
+        if not Path(args.checkpoint).is_file():
+            raise UserError(f"{args.checkpoint}: no such checkpoint")
+        est = PoseEstimator.from_checkpoint(args.checkpoint, input_size=tuple(args.input_size),
+                                            tracking=False)
+    else:
+        est = build_estimator(**estimator_kwargs(args, tracking=False))
+    report: dict[str, Any] = {}
+    if args.frames:
+        report = run_dynconv_bench(args.video, args.frames, args.budget, None, est, args.start,
+                                   args.threads, args.margin, args.dense_above, args.fill,
+                                   args.first_block)
+    if args.sweep:
+        report["sweep"] = run_break_even_sweep(est.stage1, est.input_size)
+    if args.frames:
+        print(format_report(report))
+    else:
+        print(json.dumps(report.get("sweep"), indent=1))
+    if args.json:
+        from ..io.sinks import atomic_write_text
+        atomic_write_text(Path(args.json), json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        fail("xnect-bench dynconv", str(e))
+    except (ValueError, OSError) as e:
+        fail("xnect-bench dynconv", str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,651 @@
+"""DynConv for the XNect Stage I network: compute only where people are.
+
+Paper: Verelst & Tuytelaars, "Dynamic Convolutions: Exploiting Spatial Sparsity for Faster
+Inference", CVPR 2020 (arXiv 1912.03203); design notes in xnect-spec.md §3. Written from the
+spec, not copied from the authors' code (which has CUDA kernels only).
+
+What lives here:
+- The mask: `MaskUnit` (3x3 conv + global term, one logit per stride-8 cell), `gumbel_mask`
+  (straight-through hard masks for training), `hard_mask` (logit >= 0 at inference), `dilate`.
+- The cost model and losses: `LayerCost`, `block_costs` / `head_costs` (MACs per position of each
+  layer, attributed to the dilated mask the layer runs on), `bound_schedule`, `sparsity_loss`.
+- Sparse CPU execution: `Positions` (active cells of a grid), `SparseMap` (compact NHWC rows plus a
+  grid -> row table whose sentinel row is zero), `SparseConv` (sparse im2col + one GEMM, BN
+  folded), `SparseDeconv2x` (the heads' 4x4/stride-2 grouped transposed conv, one bmm per output
+  parity) and `SparseStage1`, which runs a `Stage1Net` from the first masked block on.
+
+Semantics (shared by training and inference). With output mask M (stride 8; M16 = 2x2 max-pool of
+M for stride-16 blocks), every masked SelecSLS block outputs block(x) on M and 0 elsewhere (the
+inactive "fill" is zero: SelecSLS has no identity path, spec §3.11), and the heads output their
+maps on M and 0 elsewhere. A 3x3 layer whose output is needed on a set P runs on P and reads its
+input on dilate(P); the planner runs every layer on the right dilation, so the sparse result equals
+this masked-dense network exactly on every position (up to float rounding), not just approximately.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import NamedTuple, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MaskUnit", "gumbel_mask", "hard_mask", "dilate", "downsample_mask",
+    "LayerCost", "block_costs", "head_costs", "bound_schedule", "SparsityLoss", "sparsity_loss",
+    "Grid", "Positions", "SparseMap", "SparseConv", "SparseDeconv2x", "SparseStage1", "SparseStats",
+    "DENSE_ABOVE", "mask_at", "as_mask", "fold_conv_bn", "fold_deconv_bn", "conv_taps",
+]
+
+_logger = logging.getLogger(__name__)
+
+# Executed share of the masked MACs above which `SparseStage1` runs the masked-dense path instead.
+# Measured break-even (`python -m xnect_app.bench.dynconv --sweep`, SelecSLS-60, 512x320, 1 thread
+# of a Xeon with AVX-512): sparse/dense time 0.94 at a share of 0.63, 1.03 at 0.71.
+DENSE_ABOVE = 0.65
+
+
+# --------------------------------------------------------------------------- masks
+
+class MaskUnit(nn.Module):
+    """Squeeze-style mask unit (spec §3.3): 3x3 conv (stride `stride`) + a global linear term.
+
+    Returns one logit per output cell (N x 1 x H/stride x W/stride). The bias starts positive so a
+    network fine-tuned from dense weights starts with (almost) every cell active.
+    """
+
+    def __init__(self, in_chs: int, stride: int = 1, init_bias: float = 3.0):
+        super().__init__()
+        self.conv = nn.Conv2d(in_chs, 1, 3, stride, padding=1, bias=True)
+        self.fc = nn.Linear(in_chs, 1, bias=False)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.constant_(self.conv.bias, init_bias)
+        nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.fc(x.mean((2, 3)))[:, :, None, None]
+
+
+def gumbel_mask(logits: torch.Tensor, tau: float = 1.0, noise: bool = True,
+                eps: float = 1e-8) -> torch.Tensor:
+    """Hard 0/1 mask in the forward pass, sigmoid((logit + g1 - g2) / tau) gradient (spec §3.4)."""
+    if noise:
+        u1, u2 = torch.rand_like(logits), torch.rand_like(logits)
+        g1 = -torch.log(-torch.log(u1 + eps) + eps)
+        g2 = -torch.log(-torch.log(u2 + eps) + eps)
+        logits = logits + g1 - g2
+    return _StraightThrough.apply(torch.sigmoid(logits / tau))
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Forward: exactly 0/1 (soft >= 0.5); backward: the gradient of soft, unchanged."""
+
+    @staticmethod
+    def forward(ctx, soft: torch.Tensor) -> torch.Tensor:
+        return (soft >= 0.5).to(soft.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+def hard_mask(logits: torch.Tensor) -> torch.Tensor:
+    """Inference mask: 1 where logit >= 0 (no noise, no sigmoid)."""
+    return (logits >= 0).to(logits.dtype)
+
+
+def dilate(mask: torch.Tensor, steps: int = 1) -> torch.Tensor:
+    """Cells with an active cell in their (2*steps+1)^2 neighbourhood (N x 1 x H x W, float)."""
+    if steps <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * steps + 1, 1, steps)
+
+
+def downsample_mask(mask: torch.Tensor) -> torch.Tensor:
+    """Stride-8 mask -> stride-16 mask: a cell is active if any of its 2x2 children is."""
+    return F.max_pool2d(mask, 2, 2, ceil_mode=True)
+
+
+def mask_at(m8: torch.Tensor, reduction: int, image_hw: tuple[int, int]) -> torch.Tensor:
+    """The stride-8 mask carried to a block output at `reduction` (4, 8 or 16) of an H x W input."""
+    if reduction == 8:
+        return m8
+    if reduction == 16:
+        return downsample_mask(m8)
+    if reduction == 4:
+        h, w = (-(-image_hw[0] // 4), -(-image_hw[1] // 4))
+        return m8.repeat_interleave(2, 2).repeat_interleave(2, 3)[..., :h, :w]
+    raise ValueError(f"no DynConv mask at stride {reduction}")
+
+
+# --------------------------------------------------------------------------- cost and losses
+
+@dataclass
+class LayerCost:
+    """One masked unit: (mask, MACs per active position) for each set its layers run on."""
+    name: str
+    terms: list[tuple[torch.Tensor, float]]
+
+    def used(self) -> torch.Tensor:
+        return sum(m.sum() * f for m, f in self.terms)
+
+    def total(self) -> float:
+        return float(sum(m.numel() * f for m, f in self.terms))
+
+
+def _macs(layer: nn.Module) -> float:
+    """MACs per output position of a conv (or per output pixel of a stride-2 transposed conv)."""
+    conv = layer[0] if isinstance(layer, nn.Sequential) else layer
+    if isinstance(conv, nn.ConvTranspose2d):
+        return conv.weight.numel() / (conv.stride[0] * conv.stride[1])
+    return float(conv.weight.numel())
+
+
+def block_costs(name: str, block: nn.Module, mask: torch.Tensor) -> LayerCost:
+    """SelecSLS block with output mask `mask`: conv1, conv2 run on D^2, conv3, conv4 on D, the rest on M."""
+    d1 = dilate(mask)
+    d2 = dilate(d1)
+    return LayerCost(name, [(d2, _macs(block.conv1) + _macs(block.conv2)),
+                            (d1, _macs(block.conv3) + _macs(block.conv4)),
+                            (mask, _macs(block.conv5) + _macs(block.conv6))])
+
+
+def head_costs(net: nn.Module, mask: torch.Tensor) -> LayerCost:
+    """Stage I heads with stride-8 output mask `mask` (reduce convs are attributed per stride-8 cell)."""
+    d1 = dilate(mask)
+    d2 = dilate(d1)
+    d3 = dilate(d2)
+    q3 = (_macs(net.b2d_reduce) + _macs(net.b3d_reduce)) / 4 + _macs(net.b2d_up) + _macs(net.b3d_up) \
+        + _macs(net.b2d_skip8)
+    q2 = _macs(net.b2d_conv1) + _macs(net.b3d_conv1) + _macs(net.b3d_merge)
+    q1 = _macs(net.b2d_conv2) + _macs(net.b3d_conv2)
+    q0 = _macs(net.b2d_out) + _macs(net.b3d_out)
+    return LayerCost("heads", [(d3, q3), (d2, q2), (d1, q1), (mask, q0)])
+
+
+def bound_schedule(epoch: int, epochs: int, budget: float) -> tuple[float, float]:
+    """Per-layer (lower, upper) fraction bounds: both = budget at epoch 0, [0, 1] from 33% on."""
+    t = min(max(epoch / (0.33 * max(epochs, 1)), 0.0), 1.0)
+    progress = math.cos(math.pi / 2 * t) ** 2
+    return progress * budget, 1.0 - progress * (1.0 - budget)
+
+
+class SparsityLoss(NamedTuple):
+    total: torch.Tensor         # weight * (network + layers): add this to the task loss
+    network: torch.Tensor       # (p - budget)^2
+    layers: torch.Tensor        # mean over units of the squared bound violations
+    fraction: torch.Tensor      # p: executed share of the conditional MACs
+    layer_fractions: list[float]
+
+
+def sparsity_loss(costs: Sequence[LayerCost], budget: float, epoch: int = 0, epochs: int = 1,
+                  weight: float = 0.01) -> SparsityLoss:
+    """DynConv budget criterion (spec §3.6) over the masked units of one forward pass."""
+    if not costs:
+        raise ValueError("no masked layers: the network was not run with DynConv masks")
+    lower, upper = bound_schedule(epoch, epochs, budget)
+    used = [c.used() for c in costs]
+    totals = [c.total() for c in costs]
+    fraction = sum(used) / sum(totals)
+    network = (fraction - budget) ** 2
+    per_layer = [u / t for u, t in zip(used, totals)]
+    layers = torch.stack([F.relu(p - upper) ** 2 + F.relu(lower - p) ** 2 for p in per_layer]).mean()
+    return SparsityLoss(weight * (network + layers), network, layers, fraction,
+                        [float(p.detach()) for p in per_layer])
+
+
+# --------------------------------------------------------------------------- sparse primitives
+
+class Grid(NamedTuple):
+    n: int
+    h: int
+    w: int
+
+    @property
+    def size(self) -> int:
+        return self.n * self.h * self.w
+
+
+class Positions(NamedTuple):
+    """Active cells of a grid as sorted flat indices n*H*W + y*W + x."""
+    grid: Grid
+    idx: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor) -> "Positions":
+        n, _, h, w = mask.shape
+        return cls(Grid(n, h, w), mask.reshape(-1).nonzero().flatten())
+
+    @property
+    def count(self) -> int:
+        return int(self.idx.numel())
+
+    def decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hw = self.grid.h * self.grid.w
+        n = torch.div(self.idx, hw, rounding_mode="floor")
+        rem = self.idx - n * hw
+        y = torch.div(rem, self.grid.w, rounding_mode="floor")
+        return n, y, rem - y * self.grid.w
+
+    def rows_of(self, subset: "Positions") -> torch.Tensor:
+        """Row numbers of `subset`'s cells (which must all be in self) in self's order."""
+        return torch.searchsorted(self.idx, subset.idx)
+
+
+def conv_taps(out: Positions, src: Grid, kernel: int, stride: int) -> torch.Tensor:
+    """n x k*k flat source indices read by a k x k 'same'-padded conv; padding -> src.size."""
+    n, y, x = out.decode()
+    off = torch.arange(kernel) - kernel // 2
+    yy = y[:, None] * stride + off
+    xx = x[:, None] * stride + off
+    flat = (n[:, None, None] * src.h + yy[:, :, None]) * src.w + xx[:, None, :]
+    valid = ((yy >= 0) & (yy < src.h))[:, :, None] & ((xx >= 0) & (xx < src.w))[:, None, :]
+    return torch.where(valid, flat, src.size).reshape(-1, kernel * kernel)
+
+
+class SparseMap:
+    """Feature rows of some cells of a grid; every other cell (and padding) reads as zero.
+
+    rows: (count + 1) x C with a zero last row; table: grid.size + 1 entries mapping a cell (or the
+    padding index grid.size) to its row, the zero row when the cell was not computed.
+    """
+
+    def __init__(self, grid: Grid, rows: torch.Tensor, table: torch.Tensor | None):
+        self.grid = grid
+        self.rows = rows
+        self.table = table  # None: rows are the whole grid in order (a dense map)
+
+    @classmethod
+    def from_rows(cls, pos: Positions, rows: torch.Tensor) -> "SparseMap":
+        table = torch.full((pos.grid.size + 1,), pos.count, dtype=torch.long)
+        table[pos.idx] = torch.arange(pos.count)
+        return cls(pos.grid, rows, table)
+
+    @classmethod
+    def from_dense(cls, x: torch.Tensor) -> "SparseMap":
+        n, c, h, w = x.shape
+        rows = x.new_empty(n * h * w + 1, c)
+        rows[:-1].view(n, h, w, c).copy_(x.permute(0, 2, 3, 1))
+        rows[-1].zero_()
+        return cls(Grid(n, h, w), rows, None)
+
+    @property
+    def channels(self) -> int:
+        return self.rows.shape[1]
+
+    def gather(self, flat: torch.Tensor) -> torch.Tensor:
+        """Rows of the cells `flat` (any shape, flattened; grid.size = padding -> zeros)."""
+        flat = flat.reshape(-1)
+        return self.rows.index_select(0, flat if self.table is None else self.table[flat])
+
+    def to_dense(self) -> torch.Tensor:
+        g = self.grid
+        if self.table is None:
+            dense = self.rows[:-1]
+        else:
+            dense = self.rows.index_select(0, self.table[:-1])
+        return dense.view(g.n, g.h, g.w, -1).permute(0, 3, 1, 2).contiguous()
+
+
+def _new_rows(count: int, channels: int, like: torch.Tensor) -> torch.Tensor:
+    rows = like.new_empty(count + 1, channels)
+    rows[count].zero_()
+    return rows
+
+
+class SparseConv:
+    """A k x k conv (+ folded BN) (+ ReLU) on compact rows: sparse im2col, then one GEMM."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, stride: int = 1, relu: bool = True):
+        cout, cin, k, k2 = weight.shape
+        if k != k2 or k % 2 == 0:
+            raise ValueError("SparseConv needs an odd square kernel")
+        self.kernel, self.stride, self.relu = k, stride, relu
+        self.in_chs, self.out_chs = cin, cout
+        # rows of the im2col matrix are ordered (ky, kx, cin), like conv_taps' columns
+        self.weight = weight.detach().permute(2, 3, 1, 0).reshape(k * k * cin, cout).contiguous()
+        self.bias = bias.detach().to(weight.dtype).contiguous()
+
+    @classmethod
+    def from_conv(cls, conv: nn.Conv2d, relu: bool) -> "SparseConv":
+        bias = conv.bias if conv.bias is not None else torch.zeros(conv.out_channels)
+        return cls(conv.weight, bias, conv.stride[0], relu)
+
+    def mm(self, cols: torch.Tensor) -> torch.Tensor:
+        """cols (n x k*k*Cin) -> (n + 1) x Cout rows with a zero last row."""
+        out = _new_rows(cols.shape[0], self.out_chs, cols)
+        torch.addmm(self.bias, cols, self.weight, out=out[:-1])
+        if self.relu:
+            out[:-1].clamp_(min=0)
+        return out
+
+    def __call__(self, src: SparseMap, out: Positions) -> torch.Tensor:
+        if self.kernel == 1 and self.stride == 1:
+            cols = src.gather(out.idx)
+        else:
+            cols = src.gather(conv_taps(out, src.grid, self.kernel, self.stride))
+            cols = cols.view(out.count, self.kernel * self.kernel * self.in_chs)
+        return self.mm(cols)
+
+
+# (parity of the output coordinate) -> [(input offset from out // 2, kernel index)]
+_DECONV_TAPS = {0: ((-1, 3), (0, 1)), 1: ((0, 2), (1, 0))}
+
+
+class SparseDeconv2x:
+    """ConvTranspose2d(k=4, stride=2, padding=1, groups=G) (+ folded BN) + ReLU on compact rows.
+
+    Each output cell reads a 2x2 input window whose kernel taps depend on the output's parity, so
+    the cells are split into the four parity classes and each class is one batched GEMM over groups.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, groups: int, relu: bool = True):
+        cin, cout_g, k, _ = weight.shape
+        if k != 4:
+            raise ValueError("SparseDeconv2x needs a 4x4 kernel")
+        self.groups, self.relu = groups, relu
+        self.in_g, self.out_g = cin // groups, cout_g
+        self.out_chs = cout_g * groups
+        w = weight.detach().view(groups, self.in_g, cout_g, k, k)
+        self.weights = {}
+        for py in (0, 1):
+            for px in (0, 1):
+                taps = [w[:, :, :, ky, kx] for _, ky in _DECONV_TAPS[py] for _, kx in _DECONV_TAPS[px]]
+                stacked = torch.stack(taps, 1).reshape(groups, 4 * self.in_g, cout_g)
+                self.weights[py, px] = stacked.contiguous()
+        self.offsets = {p: torch.tensor([d for d, _ in _DECONV_TAPS[p]]) for p in (0, 1)}
+        self.bias = bias.detach().to(weight.dtype).contiguous()
+
+    def __call__(self, src: SparseMap, out: Positions) -> torch.Tensor:
+        n, y, x = out.decode()
+        g = src.grid
+        res = _new_rows(out.count, self.out_chs, src.rows)
+        for (py, px), w in self.weights.items():
+            sel = ((y % 2 == py) & (x % 2 == px)).nonzero().flatten()
+            if sel.numel() == 0:
+                continue
+            iy = torch.div(y[sel], 2, rounding_mode="floor")[:, None] + self.offsets[py]
+            ix = torch.div(x[sel], 2, rounding_mode="floor")[:, None] + self.offsets[px]
+            flat = (n[sel, None, None] * g.h + iy[:, :, None]) * g.w + ix[:, None, :]
+            valid = ((iy >= 0) & (iy < g.h))[:, :, None] & ((ix >= 0) & (ix < g.w))[:, None, :]
+            flat = torch.where(valid, flat, g.size)
+            m = sel.numel()
+            cols = src.gather(flat).view(m, 4, self.groups, self.in_g).permute(2, 0, 1, 3)
+            y_g = torch.bmm(cols.reshape(self.groups, m, 4 * self.in_g), w)  # G x m x Cout/G
+            res[sel] = y_g.permute(1, 0, 2).reshape(m, self.out_chs)
+        body = res[:-1]
+        body.add_(self.bias)
+        if self.relu:
+            body.clamp_(min=0)
+        return res
+
+
+# --------------------------------------------------------------------------- folding
+
+def fold_conv_bn(seq: nn.Sequential) -> nn.Conv2d:
+    """conv (no bias) -> BN (-> ReLU) Sequential -> one conv with bias (eval statistics)."""
+    from .selecsls import fuse_conv_bn
+    return fuse_conv_bn(seq[0], seq[1])
+
+
+def fold_deconv_bn(seq: nn.Sequential) -> nn.ConvTranspose2d:
+    """ConvTranspose2d (no bias) -> BN (-> ReLU) -> one transposed conv with bias."""
+    deconv, bn = seq[0], seq[1]
+    with torch.no_grad():
+        scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        bias = bn.bias.double() - bn.running_mean.double() * scale
+        g = deconv.groups
+        cin, cout_g = deconv.weight.shape[:2]
+        w = deconv.weight.double().view(g, cin // g, cout_g, *deconv.weight.shape[2:])
+        w = w * scale.view(g, 1, cout_g, 1, 1)
+        fused = nn.ConvTranspose2d(deconv.in_channels, deconv.out_channels, deconv.kernel_size,
+                                   deconv.stride, deconv.padding, deconv.output_padding, g, bias=True,
+                                   dilation=deconv.dilation, dtype=deconv.weight.dtype,
+                                   device=deconv.weight.device)
+        fused.weight.copy_(w.view_as(deconv.weight).to(deconv.weight.dtype))
+        fused.bias.copy_(bias.to(deconv.weight.dtype))
+    return fused.eval()
+
+
+# --------------------------------------------------------------------------- Stage I executor
+
+class SparseStats(NamedTuple):
+    """What the last sparse forward did."""
+    active: float         # share of stride-8 cells in the output mask
+    cost_fraction: float  # share of the masked part's MACs executed (the dilations included)
+    sparse: bool          # False: the masked-dense fallback ran
+    mask: torch.Tensor    # N x 1 x H/8 x W/8 float mask that was used
+
+
+class _SparseBlock:
+    def __init__(self, block: nn.Module):
+        self.is_first = block.is_first
+        self.convs = [SparseConv.from_conv(getattr(block, f"conv{i}")[0], relu=True) for i in range(1, 7)]
+
+    def __call__(self, x: SparseMap, skip: SparseMap | None, p0: Positions, p1: Positions,
+                 p2: Positions, fill: torch.Tensor | None = None) -> SparseMap:
+        c1, c2, c3, c4, c5, c6 = self.convs
+        r1 = c1(x, p2)                                    # 3x3 (maybe strided) on D^2
+        r2 = c2.mm(r1[:-1])                               # 1x1 on D^2
+        r3 = c3(SparseMap.from_rows(p2, r2), p1)          # 3x3 on D
+        r4 = c4.mm(r3[:-1])                               # 1x1 on D
+        r5 = c5(SparseMap.from_rows(p1, r4), p0)          # 3x3 on M
+        parts = [r1[p2.rows_of(p0)], r3[p1.rows_of(p0)], r5[:-1]]
+        if not self.is_first:
+            parts.append(skip.gather(p0.idx))
+        out = c6.mm(torch.cat(parts, 1))
+        if fill is None:
+            return SparseMap.from_rows(p0, out)
+        rows = fill.clone()  # the background's features, with the computed cells written over
+        rows.index_copy_(0, p0.idx, out[:-1])
+        return SparseMap(p0.grid, rows, None)
+
+
+class _Heads(nn.Module):
+    """The Stage I heads with BN folded: modules for the masked-dense fallback, and sparse layers."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        relu = nn.ReLU(inplace=True)
+        for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
+                     "b3d_reduce", "b3d_conv1", "b3d_merge", "b3d_conv2"):
+            setattr(self, name, nn.Sequential(fold_conv_bn(getattr(net, name)), relu))
+        for name in ("b2d_up", "b3d_up"):
+            setattr(self, name, nn.Sequential(fold_deconv_bn(getattr(net, name)), relu))
+        self.b2d_out = net.b2d_out
+        self.b3d_out = net.b3d_out
+        self.sparse = {name: SparseConv.from_conv(getattr(self, name)[0], relu=True)
+                       for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
+                                    "b3d_reduce", "b3d_conv1", "b3d_merge", "b3d_conv2")}
+        for name in ("b2d_up", "b3d_up"):
+            d = getattr(self, name)[0]
+            self.sparse[name] = SparseDeconv2x(d.weight, d.bias, d.groups)
+        self.sparse["b2d_out"] = SparseConv.from_conv(self.b2d_out, relu=False)
+        self.sparse["b3d_out"] = SparseConv.from_conv(self.b3d_out, relu=False)
+
+    def run_sparse(self, f8: SparseMap, f16: SparseMap, q: list[Positions],
+                   r16: Positions) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sparse
+        q0, q1, q2, q3 = q
+        u2 = s["b2d_up"](SparseMap.from_rows(r16, s["b2d_reduce"](f16, r16)), q3)
+        u3 = s["b3d_up"](SparseMap.from_rows(r16, s["b3d_reduce"](f16, r16)), q3)
+        cat = SparseMap.from_rows(q3, torch.cat([u2, s["b2d_skip8"](f8, q3)], 1))
+        y2 = s["b2d_conv1"](cat, q2)
+        y2 = s["b2d_conv2"](SparseMap.from_rows(q2, y2), q1)
+        out2 = s["b2d_out"](SparseMap.from_rows(q1, y2), q0)
+        y3 = s["b3d_conv1"](SparseMap.from_rows(q3, u3), q2)
+        y3 = s["b3d_merge"].mm(torch.cat([u2[q3.rows_of(q2)], y3[:-1]], 1))
+        y3 = s["b3d_conv2"](SparseMap.from_rows(q2, y3), q1)
+        enc = s["b3d_out"](SparseMap.from_rows(q1, y3), q0)
+        return (SparseMap.from_rows(q0, out2).to_dense(), SparseMap.from_rows(q0, enc).to_dense())
+
+
+class SparseStage1:
+    """Eval-mode executor of a `Stage1Net` with DynConv masks, BN folded everywhere.
+
+    Blocks before `first_masked` run dense; the mask (stride 8) comes from the net's mask unit on the
+    previous block's output, or from `mask_override`. From there on every block and the heads run
+    sparse (or masked-dense when the executed cost share is above `dense_above`). The result
+    equals `Stage1Net`'s masked-dense forward with the same mask (eval mode).
+
+    Inactive cells of masked blocks hold 0 (the training semantics), or, after
+    `set_background(image)`, the features of that image (an empty view of a static scene): then
+    they approximate what a dense pass would compute there, for networks not trained with masks.
+
+    Build it once per set of weights (`Stage1Net.set_sparse` does); it snapshots the weights.
+    """
+
+    def __init__(self, net: nn.Module, first_masked: int, dense_above: float = DENSE_ABOVE):
+        from .selecsls import fuse_bn
+        self.net = net
+        self.first_masked = first_masked
+        self.dense_above = dense_above
+        self.core = fuse_bn(net.core)
+        self.heads = _Heads(net).eval()
+        self.blocks = [_SparseBlock(b) for b in self.core.features]
+        self.stride8_index = self.core.stride8_index
+        self.reductions = self.core.cfg.reductions
+        self.num_joints = net.cfg.num_joints_2d
+        self.last: SparseStats | None = None
+        # MACs per output cell of each masked block, for the cost-share estimate
+        self._block_macs = [(_macs(b.conv1) + _macs(b.conv2), _macs(b.conv3) + _macs(b.conv4),
+                             _macs(b.conv5) + _macs(b.conv6)) for b in self.core.features]
+        self._head_cost = head_costs(net, torch.zeros(1, 1, 1, 1))
+        self._fill: dict[int, torch.Tensor] | None = None  # block -> NCHW background features
+        self._fill_rows: dict[tuple[int, int], torch.Tensor] = {}  # (block, batch) -> NHWC rows
+
+    @torch.no_grad()
+    def set_background(self, image: torch.Tensor | None) -> None:
+        """Fill inactive cells with the dense features of `image` (1 x 3 x H x W BGR 0..255); None: zeros."""
+        self._fill, self._fill_rows = None, {}
+        if image is None:
+            return
+        feats = [self.core.stem(self.net.normalise(image))]
+        fill = {}
+        for i, block in enumerate(self.core.features):
+            feats = block(feats)
+            fill[i] = feats[0]
+        self._fill = fill
+
+    def _fill_for(self, i: int, ref: torch.Tensor) -> torch.Tensor | None:
+        if self._fill is None:
+            return None
+        f = self._fill[i]
+        if f.shape[1:] != ref.shape[1:] or f.shape[0] not in (1, ref.shape[0]):
+            raise ValueError(f"background features {tuple(f.shape)} do not fit the block output "
+                             f"{tuple(ref.shape)}: give a background image of the input's size")
+        return f
+
+    def _fill_rows_for(self, i: int, grid: Grid, channels: int) -> torch.Tensor | None:
+        if self._fill is None:
+            return None
+        key = (i, grid.n)
+        if key not in self._fill_rows:
+            f = self._fill[i]
+            ref = torch.empty(grid.n, channels, grid.h, grid.w, device=f.device, dtype=f.dtype)
+            f = self._fill_for(i, ref)
+            self._fill_rows[key] = SparseMap.from_dense(f.expand_as(ref)).rows
+        return self._fill_rows[key]
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _plan(self, m8: torch.Tensor, hw: tuple[int, int]) -> tuple[dict, float]:
+        """Position sets of every level and the executed share of the masked MACs."""
+        levels = {}
+        for r in sorted(set(self.reductions[self.first_masked:]) | {8}):
+            d = [mask_at(m8, r, hw)]
+            for _ in range(3):
+                d.append(dilate(d[-1]))
+            levels[r] = d
+        used = total = 0.0
+        for i in range(self.first_masked, len(self.blocks)):
+            d = levels[self.reductions[i]]
+            f2, f1, f0 = self._block_macs[i]
+            used += float(d[2].sum()) * f2 + float(d[1].sum()) * f1 + float(d[0].sum()) * f0
+            total += d[0].numel() * (f2 + f1 + f0)
+        d8 = levels[8]
+        for (_, f), m in zip(self._head_cost.terms, (d8[3], d8[2], d8[1], d8[0])):
+            used += float(m.sum()) * f
+            total += m.numel() * f
+        return levels, used / max(total, 1.0)
+
+    # -- forward -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor, mask_override: torch.Tensor | None = None):
+        """BGR 0..255 input (N x 3 x H x W) -> (heatmaps, pafs, enc3d)."""
+        feats = [self.core.stem(self.net.normalise(x))]
+        f8 = None  # the stride-8 tap when it comes before the first masked block
+        for i in range(self.first_masked):
+            feats = self.core.features[i](feats)
+            if i == self.stride8_index:
+                f8 = feats[0]
+        h8, w8 = (x.shape[-2] + 7) // 8, (x.shape[-1] + 7) // 8
+        if mask_override is not None:
+            m8 = as_mask(mask_override, x.shape[0], h8, w8)
+        else:
+            m8 = hard_mask(self.net.mask_unit(feats[0]))
+        levels, cost = self._plan(m8, tuple(x.shape[-2:]))
+        aligned = x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0
+        use_sparse = aligned and cost <= self.dense_above
+        if use_sparse:
+            out2, enc = self._sparse(feats, f8, levels)
+        else:
+            out2, enc = self._masked_dense(feats, f8, levels)
+        self.last = SparseStats(float(m8.mean()), cost, use_sparse, m8)
+        j = self.num_joints
+        return out2[:, :j], out2[:, j:], enc
+
+    def _masked_dense(self, feats: list[torch.Tensor], f8: torch.Tensor | None,
+                      levels: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from .stage1 import _match
+        for i in range(self.first_masked, len(self.blocks)):
+            feats = self.core.features[i](feats)
+            m = levels[self.reductions[i]][0]
+            out = feats[0] * m
+            fill = self._fill_for(i, out)
+            if fill is not None:
+                out = out + fill * (1 - m)
+            feats = [out, out] if self.blocks[i].is_first else [out, feats[1]]
+            if i == self.stride8_index:
+                f8 = out
+        f16 = feats[0]
+        h = self.heads
+        u2 = _match(h.b2d_up(h.b2d_reduce(f16)), f8)
+        y2 = h.b2d_conv2(h.b2d_conv1(torch.cat([u2, h.b2d_skip8(f8)], 1)))
+        y3 = h.b3d_conv1(_match(h.b3d_up(h.b3d_reduce(f16)), f8))
+        y3 = h.b3d_conv2(h.b3d_merge(torch.cat([u2, y3], 1)))
+        m8 = levels[8][0]
+        return h.b2d_out(y2) * m8, h.b3d_out(y3) * m8
+
+    def _sparse(self, feats: list[torch.Tensor], f8_dense: torch.Tensor | None,
+                levels: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        pos = {k: [Positions.from_mask(m) for m in v] for k, v in levels.items()}
+        x = SparseMap.from_dense(feats[0])
+        skip = SparseMap.from_dense(feats[1]) if len(feats) > 1 and feats[1] is not feats[0] else x
+        f8 = None if f8_dense is None else SparseMap.from_dense(f8_dense)
+        for i in range(self.first_masked, len(self.blocks)):
+            p = pos[self.reductions[i]]
+            fill = self._fill_rows_for(i, p[0].grid, self.blocks[i].convs[5].out_chs)
+            x = self.blocks[i](x, skip, p[0], p[1], p[2], fill)
+            if self.blocks[i].is_first:
+                skip = x
+            if i == self.stride8_index:
+                f8 = x
+        q3 = levels[8][3]
+        r16 = Positions.from_mask(dilate(downsample_mask(q3)))
+        return self.heads.run_sparse(f8, x, pos[8], r16)
+
+
+def as_mask(mask: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
+    """An override mask ([H, W], [N, H, W] or [N, 1, H, W]; bool or float) -> N x 1 x H x W float."""
+    m = torch.as_tensor(mask)
+    if m.dim() == 2:
+        m = m[None, None]
+    elif m.dim() == 3:
+        m = m[:, None]
+    if m.dim() != 4 or m.shape[1] != 1 or m.shape[-2:] != (h, w) or m.shape[0] not in (1, n):
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not fit the stride-8 grid "
+                         f"{n} x 1 x {h} x {w}")
+    m = (m > 0).float()
+    return m.expand(n, 1, h, w).contiguous() if m.shape[0] != n else m
