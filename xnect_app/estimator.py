@@ -3,10 +3,12 @@
     est = PoseEstimator()                    # bundled weights, SelecSLS-60, 512x320, CPU
     result = est(frame_bgr)                  # FrameResult with tracked, smoothed people
     batch = est.detect_batch([f1, f2])       # untracked, batched Stage I (servers)
+    est = PoseEstimator(backend="onnxruntime", onnx_dir="onnx_out")   # files from `xnect-export onnx`
 
 Chain: letterbox -> Stage I (torch) -> peaks + PAF grouping + 3D read-out (numpy) -> Stage II
 (torch, batched over people) -> root translation from the intrinsics -> Stage III tracking,
-One Euro smoothing and skeleton fit (numpy/scipy).
+One Euro smoothing and skeleton fit (numpy/scipy). With backend="onnxruntime", Stage I and II
+run in ONNX Runtime (xnect_app.export) and everything else is unchanged.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ DEFAULT_WEIGHTS = "xnect_selecsls60.pt"
 # Horizontal field of view assumed when the camera is unknown; typical of webcams and phones.
 DEFAULT_FOV_DEG = 60.0
 PAD_VALUE = 114
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -80,12 +83,18 @@ class PoseEstimator:
         tracking: identity tracking + One Euro smoothing across calls (video); off for images.
         fit_skeleton: Stage III kinematic skeleton fit (joint angles); needs tracking.
         threshold: heatmap peak threshold.
+        backend: "torch" or "onnxruntime" (Stage I and II in ONNX Runtime; decoding is the same).
+        onnx_dir: with backend="onnxruntime", a directory written by `xnect-export onnx`; weights,
+            backbone and random_init are then unused. Without it, the torch networks are exported
+            in memory when the estimator is built.
+        onnx_threads: ONNX Runtime intra-op threads (None: its default).
     """
 
     def __init__(self, weights: str | Path | None = None, backbone: str = "selecsls60",
                  input_size: tuple[int, int] = (512, 320), device: str = "cpu", fov: float = DEFAULT_FOV_DEG,
                  random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
-                 threshold: float = 0.1, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
+                 threshold: float = 0.1, backend: str = "torch", onnx_dir: str | Path | None = None,
+                 onnx_threads: int | None = None, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
         w, h = input_size
         if w % 16 or h % 16:
@@ -97,7 +106,21 @@ class PoseEstimator:
         self.threshold = threshold
         self.tracking = tracking
         self.fit_skeleton = fit_skeleton and tracking
-        if _networks is not None:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self._ort = None
+        if backend == "onnxruntime" and onnx_dir is not None:
+            from .export import OnnxNetworks, providers_for
+
+            self._ort = OnnxNetworks(onnx_dir, threads=onnx_threads, providers=providers_for(device))
+            if not self._ort.supports_size(self.input_size):
+                w0, h0 = self._ort.input_size
+                raise ValueError(f"input size {w}x{h}: the ONNX model in {onnx_dir} was exported for {w0}x{h0} "
+                                 "with a fixed size")
+            self.stage1, self.stage2 = None, None
+            self.model_name = self._ort.model_name
+        elif _networks is not None:
             self.stage1, self.stage2 = _networks
             self.model_name = _name or f"{self.stage1.cfg.backbone} (in training)"
         elif random_init:
@@ -113,9 +136,15 @@ class PoseEstimator:
                                         "pass random_init=True / --random-weights for an untrained network")
             self.stage1, self.stage2 = load_weights(path)
             self.model_name = path.stem
-        self.stage1.to(self.device).eval()
+        if self.stage1 is not None:
+            self.stage1.to(self.device).eval()
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
+        if backend == "onnxruntime" and self._ort is None:
+            from .export import OnnxNetworks, providers_for
+
+            self._ort = OnnxNetworks.from_networks(self.stage1, self.stage2, self.input_size, self.model_name,
+                                                   threads=onnx_threads, providers=providers_for(device))
         self._frame_index = 0
         self._stream: Stage3Stream | None = None
         self.reset()
@@ -159,12 +188,17 @@ class PoseEstimator:
             img, lb = letterbox(f, self.input_size)
             inputs.append(img)
             boxes.append(lb)
-        x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
-        t1 = time.perf_counter()
-        out = self.stage1(x)
-        hm = out.heatmaps.float().cpu().numpy()
-        paf = out.pafs.float().cpu().numpy()
-        enc = out.enc3d.float().cpu().numpy()
+        if self._ort is not None:
+            x = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
+            t1 = time.perf_counter()
+            hm, paf, enc = self._ort.stage1(x)
+        else:
+            x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
+            t1 = time.perf_counter()
+            out = self.stage1(x)
+            hm = out.heatmaps.float().cpu().numpy()
+            paf = out.pafs.float().cpu().numpy()
+            enc = out.enc3d.float().cpu().numpy()
         t2 = time.perf_counter()
         results = []
         for i, f in enumerate(frames):
@@ -197,7 +231,10 @@ class PoseEstimator:
             return []
         kp3d_m = found.kp3d_rel_mm / 1000.0  # P x 21 x 3, NaN where unread
         valid = found.kp3d_valid
-        if self.stage2 is not None:
+        if self._ort is not None and self._ort.has_stage2:
+            kp3d_m = self._ort.stage2(found.stage2_in, np.nan_to_num(kp3d_m),
+                                      valid.astype(np.float32)).astype(np.float64)
+        elif self.stage2 is not None:
             with torch.inference_mode():
                 lifted = self.stage2(torch.from_numpy(found.stage2_in).float().to(self.device),
                                      torch.from_numpy(np.nan_to_num(kp3d_m)).float().to(self.device),

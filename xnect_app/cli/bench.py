@@ -168,6 +168,15 @@ def add_dynconv(subparsers) -> None:
     p.set_defaults(func=bench_dynconv.run)
 
 
+def add_fastpath(subparsers) -> None:
+    from xnect_app.bench import fastpath as bench_fastpath
+
+    p = subparsers.add_parser("fastpath", help="fp32 vs fused/pruned/channels-last/compiled/ONNX Runtime/int8",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_fastpath.build_parser(p)
+    p.set_defaults(func=bench_fastpath.run)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def _fail(args: argparse.Namespace, message: str):
@@ -184,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pose(sub)
     add_pipeline(sub)
     add_dynconv(sub)
+    add_fastpath(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-bench {name}")
     return parser

@@ -35,18 +35,29 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="horizontal field of view of the camera in degrees (metric 3D depends on it; "
                         "default: the estimator's)")
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
+    g.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="run the networks with torch (default) or ONNX Runtime (the [onnx] extra)")
+    g.add_argument("--onnx-dir", metavar="DIR",
+                   help="with --backend onnxruntime: a folder written by `xnect-export onnx` "
+                        "(default: export the loaded weights in memory)")
 
 
 def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
     """PoseEstimator keyword arguments from parsed options (picklable, for worker processes)."""
     if args.weights and args.random_weights:
-        raise ValueError("--weights and --random-weights exclude each other")
+        raise UserError("--weights and --random-weights exclude each other")
     kw: dict[str, Any] = dict(weights=args.weights, backbone=args.backbone, input_size=tuple(args.input_size),
                               device=args.device, random_init=bool(args.random_weights))
     if args.random_weights:
         kw["seed"] = args.seed
     if args.fov is not None:
         kw["fov"] = args.fov
+    if getattr(args, "backend", "torch") != "torch":
+        kw["backend"] = args.backend
+    if getattr(args, "onnx_dir", None):
+        if kw.get("backend") != "onnxruntime":
+            raise UserError("--onnx-dir needs --backend onnxruntime")
+        kw["onnx_dir"] = args.onnx_dir
     kw.update(overrides)
     return kw
 
@@ -66,6 +77,8 @@ def build_estimator(**kw: Any):
     except KeyError as e:  # unknown backbone name
         raise UserError(str(e.args[0]) if e.args else str(e)) from None
     except ValueError as e:
+        raise UserError(str(e)) from None
+    except ImportError as e:  # e.g. --backend onnxruntime without the [onnx] extra
         raise UserError(str(e)) from None
     except RuntimeError as e:
         if "device" in str(e).lower() or "cuda" in str(e).lower():

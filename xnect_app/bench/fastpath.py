@@ -1,0 +1,447 @@
+"""Faster CPU paths for the pose model, measured side by side in one run (issue 8).
+
+Every variant is a full PoseEstimator (letterbox -> Stage I -> numpy decoding -> Stage II), so
+the speed and the accuracy are those a user gets:
+
+  fp32            the model as loaded, torch eager
+  fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
+  fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)
+  channels-last   fused+pruned with NHWC memory format
+  compiled        fused+pruned under torch.compile (inductor; compile time reported apart)
+  ort             ONNX Runtime fp32 (graph optimisations on; it fuses BN itself)
+  ort-int8        ONNX Runtime static int8 (QDQ, per-channel weights), calibrated on real
+                  images (coco_train_extra, never the coco_dev images it is scored on)
+
+Frames are decoded once from the video and letterboxed inside the estimators; each round runs
+every variant on the same frames in turn, so load from other processes hits all of them alike.
+Reported per variant: network-only and end-to-end fps (medians over frames), the largest map
+difference to fp32 on the timed frames, and, unless --no-ap, body-joint AP on coco_dev.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from ..cli.model_args import UserError, fail, input_size
+from ..estimator import PoseEstimator, default_weights_path, letterbox, load_weights
+from ..nn.selecsls import fuse_bn, fuse_conv_bn, prune
+from ..nn.stage1 import Stage1Config, Stage1Net
+
+_logger = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_VIDEO = REPO / "demo_videos" / "vtest.avi"
+DEFAULT_DATA = REPO.parent / "shared" / "data"
+VARIANTS = ("fp32", "fused", "fused+pruned", "channels-last", "compiled", "ort", "ort-int8")
+PRUNE_GAMMA = 1e-3
+
+
+@dataclass
+class FastpathConfig:
+    video: Path = DEFAULT_VIDEO
+    frames: int = 12
+    rounds: int = 2
+    warmup: int = 2
+    size: tuple[int, int] = (512, 320)
+    threads: int = 2
+    variants: tuple[str, ...] = VARIANTS
+    ap: bool = True
+    coco_dev: Path = DEFAULT_DATA / "coco_dev"
+    calib_dir: Path = DEFAULT_DATA / "coco_train_extra"
+    calib_images: int = 16
+    calib_method: str = "entropy"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- variants
+
+def fused_stage1(net: Stage1Net, gamma_thresh: float | None = None) -> Stage1Net:
+    """A copy of Stage I with BN folded everywhere (and the core pruned when gamma_thresh)."""
+    out = copy.deepcopy(net).eval()
+    out.core = fuse_bn(net.core) if gamma_thresh is None else prune(net.core, gamma_thresh)
+    for name, mod in list(out.named_children()):
+        if (isinstance(mod, nn.Sequential) and len(mod) == 3 and isinstance(mod[0], nn.Conv2d)
+                and isinstance(mod[1], nn.BatchNorm2d)):
+            setattr(out, name, nn.Sequential(fuse_conv_bn(mod[0], mod[1]), nn.Identity(), mod[2]))
+    return out
+
+
+class ChannelsLast(nn.Module):
+    """Runs a network in NHWC memory format (input converted on the way in)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.to(memory_format=torch.channels_last)
+        self.cfg = getattr(net, "cfg", None)
+
+    def forward(self, x: torch.Tensor):
+        return self.net(x.contiguous(memory_format=torch.channels_last))
+
+
+def _count_channels(net: nn.Module) -> int:
+    return sum(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d))
+
+
+def _calibration_batches(folder: Path, n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    files = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not files:
+        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    batches = []
+    for p in files[:n]:
+        img = cv2.imread(str(p))
+        if img is not None:
+            batches.append(letterbox(img, size)[0].transpose(2, 0, 1)[None].astype(np.float32))
+    if not batches:
+        raise UserError(f"no calibration images in {folder}")
+    return batches
+
+
+CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def _quantize_int8(onnx_dir: Path, calib: list[np.ndarray], method: str = "entropy") -> None:
+    """Replace onnx_dir/stage1.onnx by a static int8 (QDQ) model calibrated on `calib`.
+
+    Entropy calibration is the default: on the maps of an early checkpoint its worst-case error
+    was about 0.6x MinMax's and 0.6x Percentile's (vtest frames, relative to each map's range).
+    """
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    src = onnx_dir / "stage1.onnx"
+    pre = onnx_dir / "stage1.pre.onnx"
+    dst = onnx_dir / "stage1.int8.onnx"
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    # The output convs stay fp32: their maps are what the decoder thresholds and refines.
+    keep_fp32 = [n.name for n in onnx.load(str(pre)).graph.node
+                 if n.op_type == "Conv" and any(h in n.name for h in ("b2d_out", "b3d_out"))]
+    # Convs only: the grouped ConvTranspose upsamplers stay fp32 (ORT's per-channel axis handling
+    # of grouped transposed convs fails, and they are 2 of ~50 convs).
+    with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress; keep stdout for --json
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                        nodes_to_exclude=keep_fp32, calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]))
+    os.replace(dst, src)
+    pre.unlink()
+
+
+def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
+                   workdir: Path) -> dict[str, tuple[PoseEstimator | None, dict[str, Any]]]:
+    """{variant: (estimator or None if it failed, notes)} in cfg.variants order."""
+    kw = dict(input_size=cfg.size, tracking=False)
+    out: dict[str, tuple[PoseEstimator | None, dict[str, Any]]] = {}
+    pruned: Stage1Net | None = None
+
+    def get_pruned() -> Stage1Net:
+        nonlocal pruned
+        if pruned is None:
+            pruned = fused_stage1(stage1, PRUNE_GAMMA)
+        return pruned
+
+    builders: dict[str, Callable[[], tuple[PoseEstimator, dict[str, Any]]]] = {
+        "fp32": lambda: (PoseEstimator.from_networks(stage1, stage2, _name=name, **kw), {}),
+        "fused": lambda: (PoseEstimator.from_networks(fused_stage1(stage1), stage2, _name=name, **kw), {}),
+        "fused+pruned": lambda: (
+            PoseEstimator.from_networks(get_pruned(), stage2, _name=name, **kw),
+            {"conv_channels": _count_channels(get_pruned()), "conv_channels_before": _count_channels(
+                fused_stage1(stage1)), "gamma_thresh": PRUNE_GAMMA}),
+        "channels-last": lambda: (
+            PoseEstimator.from_networks(ChannelsLast(copy.deepcopy(get_pruned())), stage2, _name=name, **kw), {}),
+        "compiled": lambda: (PoseEstimator.from_networks(torch.compile(copy.deepcopy(get_pruned())), stage2,
+                                                         _name=name, **kw), {"note": "compiled on first call"}),
+        "ort": lambda: (PoseEstimator.from_networks(get_pruned(), stage2, _name=name, backend="onnxruntime",
+                                                    onnx_threads=cfg.threads, **kw), {}),
+        "ort-int8": lambda: _int8_estimator(get_pruned(), stage2, cfg, name, workdir, kw),
+    }
+    for v in cfg.variants:
+        t0 = time.perf_counter()
+        try:
+            est, notes = builders[v]()
+        except Exception as e:  # noqa: BLE001 - a variant that cannot be built is reported, not fatal
+            _logger.warning("%s: cannot build (%s: %s)", v, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            out[v] = (None, {"error": f"{type(e).__name__}: {e}"[:300]})
+            continue
+        notes["build_s"] = round(time.perf_counter() - t0, 2)
+        out[v] = (est, notes)
+    return out
+
+
+def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Path, kw: dict):
+    from ..export import export_onnx
+
+    d = workdir / "int8"
+    export_onnx(stage1, stage2, d, cfg.size, f"{name} int8", dynamic_hw=False)
+    calib = _calibration_batches(cfg.calib_dir, cfg.calib_images, cfg.size)
+    _quantize_int8(d, calib, cfg.calib_method)
+    est = PoseEstimator(backend="onnxruntime", onnx_dir=d, onnx_threads=cfg.threads, **kw)
+    return est, {"calibration_images": len(calib), "calibration_from": str(cfg.calib_dir),
+                 "calibration_method": cfg.calib_method}
+
+
+# --------------------------------------------------------------------------- measurement
+
+def read_frames(video: Path, n: int, stride: int = 5) -> list[np.ndarray]:
+    """n frames, every `stride`-th from the start of the video."""
+    cap = cv2.VideoCapture(str(video))
+    frames, i = [], 0
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        if i % stride == 0:
+            frames.append(f)
+        i += 1
+    cap.release()
+    if not frames:
+        raise UserError(f"{video}: no frames could be read")
+    return frames
+
+
+def _stage1_maps(est: PoseEstimator, frame: np.ndarray) -> list[np.ndarray]:
+    """The maps a variant gives for one frame (for the agreement with fp32)."""
+    x = letterbox(frame, est.input_size)[0].transpose(2, 0, 1)[None].astype(np.float32)
+    if est._ort is not None:
+        return list(est._ort.stage1(x))
+    with torch.inference_mode():
+        return [t.float().numpy() for t in est.stage1(torch.from_numpy(x))]
+
+
+def run_benchmark(stage1: Stage1Net, stage2, model_name: str, cfg: FastpathConfig) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    frames = read_frames(cfg.video, cfg.frames)
+    load_before = _loadavg()
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="xnect-fastpath-") as tmp:
+        built = build_variants(stage1, stage2, cfg, model_name, Path(tmp))
+        ests = {v: e for v, (e, _) in built.items() if e is not None}
+        # warm-up (torch.compile compiles here; its time is reported apart)
+        for v, est in ests.items():
+            t0 = time.perf_counter()
+            for f in frames[:cfg.warmup]:
+                est.detect_batch([f])
+            built[v][1]["warmup_s"] = round(time.perf_counter() - t0, 2)
+            _logger.info("%s ready (warm-up %.1f s)", v, built[v][1]["warmup_s"])
+        net_ms: dict[str, list[float]] = {v: [] for v in ests}
+        e2e_ms: dict[str, list[float]] = {v: [] for v in ests}
+        for r in range(cfg.rounds):
+            for f in frames:
+                for v, est in ests.items():  # interleaved frame by frame
+                    t0 = time.perf_counter()
+                    res = est.detect_batch([f])[0]
+                    e2e_ms[v].append((time.perf_counter() - t0) * 1000)
+                    net_ms[v].append(res.timings_ms["stage1"])
+            _logger.info("round %d/%d done", r + 1, cfg.rounds)
+        ref = {i: _stage1_maps(ests["fp32"], f) for i, f in enumerate(frames[:3])} if "fp32" in ests else {}
+        results: dict[str, Any] = {}
+        for v, (est, notes) in built.items():
+            row: dict[str, Any] = dict(notes)
+            if est is not None:
+                net, e2e = statistics.median(net_ms[v]), statistics.median(e2e_ms[v])
+                row.update(net_ms=round(net, 2), net_fps=round(1000 / net, 3), e2e_ms=round(e2e, 2),
+                           e2e_fps=round(1000 / e2e, 3))
+                if ref:
+                    row["max_map_diff_vs_fp32"] = _map_diff(est, frames, ref)
+            results[v] = row
+        if "fp32" in results and "net_fps" in results["fp32"]:
+            base = results["fp32"]
+            for row in results.values():
+                if "net_fps" in row:
+                    row["net_speedup"] = round(row["net_fps"] / base["net_fps"], 3)
+                    row["e2e_speedup"] = round(row["e2e_fps"] / base["e2e_fps"], 3)
+        if cfg.ap:
+            from ..train.evaluate import evaluate_coco
+
+            for v, est in ests.items():
+                t0 = time.perf_counter()
+                ev = evaluate_coco(est, cfg.coco_dev)
+                results[v]["ap_body"] = round(ev["ap_body"], 4)
+                results[v]["ap"] = round(ev["ap"], 4)
+                _logger.info("%s: body AP %.4f (%.0f s)", v, ev["ap_body"], time.perf_counter() - t0)
+            if "ap_body" in results.get("fp32", {}):
+                for row in results.values():
+                    if "ap_body" in row:
+                        row["ap_body_change"] = round(row["ap_body"] - results["fp32"]["ap_body"], 4)
+    return {
+        "benchmark": "fastpath", "model": model_name, "video": str(cfg.video), "input_size": list(cfg.size),
+        "frames": len(frames), "rounds": cfg.rounds, "threads": cfg.threads,
+        "variants": results,
+        "best": _best(results),
+        "machine": {"cpus": os.cpu_count(), "torch": torch.__version__, "onnxruntime": _ort_version(),
+                    "loadavg_before": load_before, "loadavg_after": _loadavg()},
+        "wall_s": round(time.perf_counter() - t_start, 1),
+    }
+
+
+def _map_diff(est: PoseEstimator, frames: list[np.ndarray], ref: dict[int, list[np.ndarray]]) -> float:
+    """Largest |variant - fp32| over the maps of the first frames, relative to fp32's range."""
+    worst = 0.0
+    for i, maps in ref.items():
+        for a, b in zip(_stage1_maps(est, frames[i]), maps):
+            worst = max(worst, float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-6)))
+    return round(worst, 6)
+
+
+def _best(results: dict[str, Any]) -> dict[str, Any] | None:
+    rows = [(v, r) for v, r in results.items() if "net_fps" in r and v != "fp32"]
+    if not rows:
+        return None
+    v, r = max(rows, key=lambda vr: vr[1]["e2e_fps"])
+    return {"variant": v, "e2e_speedup": r.get("e2e_speedup"), "net_speedup": r.get("net_speedup"),
+            "ap_body_change": r.get("ap_body_change")}
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _ort_version() -> str | None:
+    try:
+        import onnxruntime
+        return onnxruntime.__version__
+    except ImportError:
+        return None
+
+
+def format_report(rep: dict[str, Any]) -> str:
+    lines = [f"fastpath on {Path(rep['video']).name}: {rep['frames']} frames x {rep['rounds']} rounds, input "
+             f"{'x'.join(map(str, rep['input_size']))}, {rep['threads']} threads, model {rep['model']}",
+             f"{'variant':16s}{'net fps':>9s}{'x':>7s}{'e2e fps':>9s}{'x':>7s}{'map diff':>10s}{'body AP':>9s}"]
+    for v, r in rep["variants"].items():
+        if "error" in r:
+            lines.append(f"{v:16s}  failed: {r['error'][:80]}")
+            continue
+        ap = f"{r['ap_body']:9.3f}" if "ap_body" in r else f"{'-':>9s}"
+        lines.append(f"{v:16s}{r['net_fps']:9.2f}{r.get('net_speedup', 1.0):7.2f}{r['e2e_fps']:9.2f}"
+                     f"{r.get('e2e_speedup', 1.0):7.2f}{r.get('max_map_diff_vs_fp32', 0.0):10.2g}{ap}")
+    m = rep["machine"]
+    lines.append(f"machine: {m['cpus']} CPUs, load average {m['loadavg_before']} -> {m['loadavg_after']}, "
+                 f"torch {m['torch']}, onnxruntime {m['onnxruntime']}; wall {rep['wall_s']} s")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- command line
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options; pass a subparser to mount it under `xnect-bench fastpath`."""
+    p = parser or argparse.ArgumentParser(prog="xnect-bench fastpath", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_argument_group("model (default: the bundled weights in models/)")
+    src.add_argument("--weights", metavar="PATH", help="weights file made by `xnect-train export`")
+    src.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
+    src.add_argument("--random-weights", action="store_true", help="an untrained, seeded network")
+    src.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
+    src.add_argument("--backbone", default="selecsls60", help="SelecSLS variant for --random-weights")
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video (default: demo_videos/vtest.avi)")
+    p.add_argument("--input-size", type=input_size, default=(512, 320), metavar="WxH", help="default 512x320")
+    p.add_argument("--frames", type=int, default=12, help="frames per round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="rounds over the frames (default: %(default)s)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime "
+                   "(default: torch's current setting)")
+    p.add_argument("--variants", default=",".join(VARIANTS),
+                   help="comma-separated subset of: " + ", ".join(VARIANTS))
+    p.add_argument("--int8-calibration", choices=sorted(CALIB_METHODS), default="entropy",
+                   help="activation range calibration for ort-int8 (default: %(default)s)")
+    p.add_argument("--no-ap", action="store_true", help="skip the body-joint AP on coco_dev")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data folder with coco_dev/ and "
+                   "coco_train_extra/ (default: ../shared/data)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the JSON document to PATH")
+    return p
+
+
+def _networks(args: argparse.Namespace):
+    chosen = [f for f, on in (("--weights", args.weights), ("--checkpoint", args.checkpoint),
+                              ("--random-weights", args.random_weights)) if on]
+    if len(chosen) > 1:
+        raise UserError(f"{' and '.join(chosen)} exclude each other")
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        try:
+            return Stage1Net(Stage1Config(backbone=args.backbone)).eval(), None, f"{args.backbone} (random init)"
+        except KeyError as e:
+            raise UserError(str(e.args[0])) from None
+    if args.checkpoint:
+        if not Path(args.checkpoint).is_file():
+            raise UserError(f"checkpoint {args.checkpoint!r} not found")
+        est = PoseEstimator.from_checkpoint(args.checkpoint, tracking=False)
+        return est.stage1, None, est.model_name
+    path = Path(args.weights) if args.weights else default_weights_path()
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} not found (pass --weights, --checkpoint or --random-weights)")
+    try:
+        s1, s2 = load_weights(path)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return s1.eval(), (s2.eval() if s2 is not None else None), path.stem
+
+
+def run(args: argparse.Namespace) -> int:
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise UserError(f"--variants: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(VARIANTS)}")
+    if "fp32" not in variants:
+        variants = ("fp32",) + variants  # every ratio is against fp32
+    if args.frames < 1 or args.rounds < 1:
+        raise UserError("--frames and --rounds must be at least 1")
+    if not args.video.is_file():
+        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    coco_dev = args.data / "coco_dev"
+    if not args.no_ap and not coco_dev.is_dir():
+        raise UserError(f"{coco_dev}: not found (pass --data or --no-ap)")
+    cfg = FastpathConfig(video=args.video, frames=args.frames, rounds=args.rounds, size=tuple(args.input_size),
+                         threads=args.threads or torch.get_num_threads(), variants=variants, ap=not args.no_ap,
+                         coco_dev=coco_dev, calib_dir=args.data / "coco_train_extra",
+                         calib_method=args.int8_calibration)
+    stage1, stage2, name = _networks(args)
+    rep = run_benchmark(stage1, stage2, name, cfg)
+    doc = json.dumps(rep, indent=1)
+    if args.out:
+        from ..io.sinks import atomic_write_text
+        atomic_write_text(args.out, doc + "\n")
+    print(doc if args.json else format_report(rep))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("xnect_app").setLevel(logging.INFO)
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        fail("xnect-bench fastpath", str(e))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

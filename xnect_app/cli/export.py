@@ -1,0 +1,178 @@
+"""xnect-export: the pose networks in formats other runtimes load.
+
+examples:
+  xnect-export onnx --out onnx_out                                  # the bundled model, 512x320
+  xnect-export onnx --weights models/xnect_selecsls60.pt --out onnx_out
+  xnect-export onnx --checkpoint runs/xnect60/last.pt --out onnx_out  # a Stage I training checkpoint
+  xnect-export onnx --random-weights --backbone selecsls42b --input-size 256x160 --out /tmp/onnx
+
+The result runs end to end with PoseEstimator(backend="onnxruntime", onnx_dir="onnx_out"), or
+anywhere ONNX Runtime runs: xnect_onnx.json in the directory describes inputs, outputs, joint sets
+and decoding.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .model_args import DEFAULT_INPUT_SIZE, input_size
+
+# Largest |onnxruntime - torch| allowed by the export check, relative to the output's range.
+CHECK_RELATIVE_TOLERANCE = 1e-3
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) for bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _Failure(Exception):
+    pass
+
+
+def _fail(prog: str, message: str, code: int = 1):
+    print(f"{prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def add_onnx(subparsers) -> None:
+    p = subparsers.add_parser(
+        "onnx", help="Stage I (dense) and Stage II to ONNX, with a JSON sidecar",
+        description="Exports Stage I (BGR float 0..255, N x 3 x H x W -> heatmaps, PAFs, 3D encodings at\n"
+                    "stride 8; dynamic batch and, unless --static-size, dynamic height/width in\n"
+                    "multiples of 16) and Stage II (dynamic number of people) to ONNX, writes\n"
+                    "xnect_onnx.json beside them, then checks ONNX Runtime against torch.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  xnect-export onnx --out onnx_out\n"
+               "  xnect-export onnx --random-weights --input-size 256x160 --out /tmp/onnx")
+    src = p.add_argument_group("model (default: the bundled weights in models/)")
+    src.add_argument("--weights", metavar="PATH", help="weights file made by `xnect-train export`")
+    src.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
+    src.add_argument("--random-weights", action="store_true",
+                     help="an untrained, seeded network (testing deployment tools only)")
+    src.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default: %(default)s)")
+    src.add_argument("--backbone", default="selecsls60",
+                     help="SelecSLS variant for --random-weights (default: %(default)s)")
+    p.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
+                   help="input size recorded in the sidecar and traced with, multiples of 16 (default 512x320)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
+    p.add_argument("--static-size", action="store_true",
+                   help="fix height and width to --input-size (batch stays dynamic)")
+    p.add_argument("--opset", type=int, default=None, metavar="N", help="ONNX opset (default: 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch comparison")
+    p.set_defaults(func=run_onnx)
+
+
+def _load_networks(args: argparse.Namespace):
+    """(stage1, stage2 or None, model name) from the chosen source; _Failure for user mistakes."""
+    import torch
+
+    from ..estimator import default_weights_path, load_weights
+    from ..nn.stage1 import Stage1Config, Stage1Net
+
+    chosen = [flag for flag, on in (("--weights", args.weights), ("--checkpoint", args.checkpoint),
+                                    ("--random-weights", args.random_weights)) if on]
+    if len(chosen) > 1:
+        raise _Failure(f"{' and '.join(chosen)} exclude each other")
+    if args.random_weights:
+        torch.manual_seed(args.seed)
+        try:
+            net = Stage1Net(Stage1Config(backbone=args.backbone))
+        except KeyError as e:
+            raise _Failure(str(e.args[0]) if e.args else str(e)) from None
+        return net, None, f"{net.cfg.backbone} (random init, untrained, seed {args.seed})"
+    if args.checkpoint:
+        path = Path(args.checkpoint)
+        if not path.is_file():
+            raise _Failure(f"checkpoint {str(path)!r} not found")
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+            net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
+            net.load_state_dict(ck["model"])
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise _Failure(f"{path}: not a Stage I training checkpoint ({type(e).__name__})") from None
+        return net, None, f"{path.parent.name}@{ck.get('step', 0)}"
+    path = Path(args.weights) if args.weights else default_weights_path()
+    if not path.is_file():
+        hint = "check the path" if args.weights else "the bundled default weights are missing; pass --weights"
+        raise _Failure(f"weights file {str(path)!r} not found ({hint})")
+    try:
+        s1, s2 = load_weights(path)
+    except ValueError as e:
+        raise _Failure(str(e)) from None
+    return s1, s2, path.stem
+
+
+def run_onnx(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..export import DEFAULT_OPSET, OnnxNetworks, OnnxUnavailable, compare_with_torch, export_onnx
+
+    log = logging.getLogger("xnect_app.export")
+    if args.opset is not None and not 13 <= args.opset <= 21:
+        raise _Failure(f"--opset {args.opset}: choose 13..21")
+    if args.out.exists() and not args.out.is_dir():
+        raise _Failure(f"--out {args.out}: exists and is not a directory")
+    stage1, stage2, name = _load_networks(args)
+    try:
+        meta = export_onnx(stage1, stage2, args.out, args.input_size, name, dynamic_hw=not args.static_size,
+                           opset=args.opset or DEFAULT_OPSET)
+    except OnnxUnavailable as e:
+        raise _Failure(str(e)) from None
+    files = [args.out / meta["stage1"]["file"]] + ([args.out / meta["stage2"]["file"]] if meta["stage2"] else [])
+    for f in files:
+        print(f"wrote {f} ({f.stat().st_size / 1e6:.1f} MB)")
+    print(f"wrote {args.out / 'xnect_onnx.json'}")
+    if args.no_check:
+        return 0
+    try:
+        nets = OnnxNetworks(args.out)
+    except OnnxUnavailable as e:
+        log.warning("not checked: %s", e)
+        return 0
+    w, h = args.input_size
+    images = np.random.default_rng(0).uniform(0, 255, (2, 3, h, w)).astype(np.float32)
+    diffs = compare_with_torch(nets, stage1, stage2, images)
+    print("check, max |onnxruntime - torch| on random inputs: "
+          + ", ".join(f"{k} {d['max_abs_diff']:.2g} (range {d['max_abs_ref']:.2g})" for k, d in diffs.items()))
+    bad = [k for k, d in diffs.items()
+           if not d["max_abs_diff"] <= CHECK_RELATIVE_TOLERANCE * max(d["max_abs_ref"], 1e-3)]
+    if bad:
+        raise _Failure(f"ONNX Runtime disagrees with torch on {', '.join(bad)}; the export is not usable")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xnect-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add_onnx(sub)
+    for name, sp in sub.choices.items():
+        sp.set_defaults(prog=f"xnect-export {name}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    if not args.quiet:
+        logging.getLogger("xnect_app.export").setLevel(logging.INFO)
+    try:
+        return args.func(args)
+    except _Failure as e:
+        _fail(args.prog, str(e))
+    except ValueError as e:  # e.g. an input size the network cannot take
+        _fail(args.prog, str(e))
+    except OSError as e:  # e.g. --out on a read-only file system
+        _fail(args.prog, f"{e.strerror or e}: {e.filename or ''}".rstrip(": "))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
