@@ -603,6 +603,18 @@ def prepare_out_dir(path: str) -> Path:
     return out
 
 
+def _exit_leaving_busy_threads(code: int) -> None:
+    """After Ctrl-C every output is already closed (complete or removed), but a worker thread may
+    still be inside a native call (torch, OpenCV); a normal interpreter exit would then abort
+    ("terminate called without an active exception"). Leave at once instead."""
+    import threading
+
+    if threading.active_count() > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
@@ -631,6 +643,7 @@ def main(argv: list[str] | None = None) -> int:
         fail(PROG, str(e))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before any input was finished", file=sys.stderr)
+        _exit_leaving_busy_threads(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
 
     counts = {s: sum(r.status == s for r in reports) for s in ("done", "skipped", "failed", "interrupted")}
@@ -645,6 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                + (", interrupted" if interrupted else "") + f"; outputs in {args.out_dir}")
     print(summary)
     if interrupted:
+        _exit_leaving_busy_threads(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     if counts["failed"] or errors:
         return EXIT_FAILED

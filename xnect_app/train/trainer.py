@@ -249,7 +249,7 @@ class Trainer:
         try:
             est = PoseEstimator.from_networks(self.net, None, tracking=False, fit_skeleton=False)
             res = evaluate_coco(est, self.cfg.dev_set)
-            return {"dev_ap": res["ap"], "dev_ap_body": res["ap_body"], "dev_pck": res.get("pck", float("nan"))}
+            return {"dev_ap": res["ap"], "dev_ap_body": res["ap_body"], "dev_pck": res["pck_body@0.2"]}
         except Exception as e:  # evaluation must never kill a long training run
             _logger.warning("dev evaluation failed: %s", e)
             return {}
