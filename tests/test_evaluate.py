@@ -56,3 +56,21 @@ def test_mupots_errors_rescale_bones_to_the_ground_truth():
     assert np.allclose(mupots_errors(pred, gt), 0.0, atol=1e-6)
     s = pck3d_summary(np.array([10.0, 140.0, 200.0, np.nan]))
     assert s["pck3d_150"] == 50.0 and s["mpjpe"] == pytest.approx(350 / 3)
+
+
+@pytest.mark.parametrize("main_name, argv", [
+    ("eval", ["coco", "/no/such/folder"]),
+    ("eval", ["coco", str(COCO_DEV), "--weights", "/no/such.pt"]),
+    ("eval", ["coco", str(COCO_DEV), "--input-size", "100x3"]),
+    ("train", ["stage1", "--data-root", "/no/such/folder"]),
+    ("train", ["export", "--stage1", "/no/such.pt"]),
+])
+def test_train_and_eval_reject_bad_input_in_one_line(main_name, argv, capsys):
+    import importlib
+
+    main = importlib.import_module(f"xnect_app.cli.{main_name}").main
+    with pytest.raises(SystemExit) as ex:
+        main(argv)
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and "error:" in err[-1] and "Traceback" not in "\n".join(err)

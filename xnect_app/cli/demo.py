@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .model_args import UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from .model_args import positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
 
 PROG = "xnect-demo"
 EXIT_DAMAGED_INPUT = 3
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--headless", action="store_true", help="no window (machines without a screen)")
     out.add_argument("--record", metavar="OUT.mp4", help="write the annotated video here")
     out.add_argument("--jsonl", metavar="OUT.jsonl", help="write the poses as JSON lines here")
-    out.add_argument("--max-frames", type=_positive_int, metavar="N", help="stop after N frames")
+    out.add_argument("--max-frames", type=positive_int, metavar="N", help="stop after N frames")
     out.add_argument("--realtime", action="store_true",
                      help="play --video at its own frame rate, dropping frames inference cannot keep up with")
     out.add_argument("--no-3d-view", action="store_true", help="no 3D skeleton inset")
@@ -48,16 +48,6 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--quiet", action="store_true", help="no periodic status lines")
     add_model_args(p)
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
 
 
 def _open_source(args: argparse.Namespace):

@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ._common import die, parse_size
+from .model_args import fail, input_size
 
 
 def _coco(a: argparse.Namespace) -> None:
@@ -27,23 +27,23 @@ def _coco(a: argparse.Namespace) -> None:
     try:
         load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
-        die(f"cannot read COCO keypoints from {a.path!r}: {e}")
+        fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     try:
         if a.checkpoint:
-            est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=parse_size(a.input_size),
+            est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=tuple(a.input_size),
                                                 tracking=False, fit_skeleton=False, threshold=a.threshold)
         else:
-            est = PoseEstimator(weights=a.weights, input_size=parse_size(a.input_size), tracking=False,
+            est = PoseEstimator(weights=a.weights, input_size=tuple(a.input_size), tracking=False,
                                 fit_skeleton=False, threshold=a.threshold)
     except FileNotFoundError as e:
-        die(str(e))
+        fail("xnect-eval", str(e), code=2)
     res = evaluate_coco(est, a.path)
     res["model"] = est.model_name
-    res["input_size"] = a.input_size
+    res["input_size"] = "x".join(map(str, a.input_size))
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"model {res['model']} at {a.input_size} on {a.path} "
+        print(f"model {res['model']} at {res['input_size']} on {a.path} "
               f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
@@ -58,14 +58,14 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("path", help="COCO folder (json + images) or the keypoints json")
     c.add_argument("--weights", help="weights file (default: the bundled model)")
     c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
-    c.add_argument("--input-size", default="512x320")
+    c.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
     c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not Path(a.path).exists():
-        die(f"{a.path!r} does not exist")
+        fail("xnect-eval", f"{a.path!r} does not exist", code=2)
     try:
         a.fn(a)
     except KeyboardInterrupt:

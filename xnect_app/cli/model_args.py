@@ -20,6 +20,17 @@ def input_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def positive_int(text: str) -> int:
+    """argparse type for a whole number >= 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
+    return v
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--weights", metavar="PATH", help="weights file (default: the bundled model in models/)")

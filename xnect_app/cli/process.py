@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .model_args import UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from .model_args import positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
 
 PROG = "xnect-process"
 EXIT_FAILED, EXIT_DAMAGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -567,23 +567,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-track-frames", type=int, default=5, metavar="N",
                    help="--bvh: tracks seen in fewer frames get no file")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs are already complete")
-    p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
                    help="process N inputs at once (separate processes)")
     p.add_argument("--shard", type=parse_shard, metavar="I/N",
                    help="process only shard I of N (1-based), to split a job across machines")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_args(p)
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
 
 
 def prepare_out_dir(path: str) -> Path:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from ._common import die, parse_size
+from .model_args import fail, input_size as parse_input_size
 
 LOG = logging.getLogger("xnect_app.server")
 
@@ -46,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--random-weights", action="store_true",
                        help="untrained network, for testing the plumbing only (finds nobody)")
     model.add_argument("--backbone", default="selecsls60")
-    model.add_argument("--input-size", default="512x320", help="network input WxH")
+    model.add_argument("--input-size", default="512x320", metavar="WxH",
+                       help="network input WxH, multiples of 16 (default 512x320)")
     model.add_argument("--device", default="cpu")
     model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
                        "(default: the estimator's)")
@@ -98,7 +99,10 @@ def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    input_size = parse_size(args.input_size)
+    try:
+        input_size = parse_input_size(args.input_size)
+    except argparse.ArgumentTypeError as e:
+        fail("xnect-server", f"--input-size {e}", code=2)
     try:
         cfg = config_from_args(args)
         # Built here, not in the lifespan, so that bad weights give a one-line error.
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
     except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as err:
-        die(str(err))
+        fail("xnect-server", str(err), code=2)
 
     import uvicorn
 

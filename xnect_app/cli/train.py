@@ -16,24 +16,25 @@ import logging
 import sys
 from pathlib import Path
 
-from ._common import die, parse_size
+from .model_args import fail, input_size
 
 
 def _stage1(a: argparse.Namespace) -> None:
     from ..train.trainer import TrainConfig, Trainer
 
-    cfg = TrainConfig(out_dir=a.out, backbone=a.backbone, size=parse_size(a.size), batch_size=a.batch_size,
+    cfg = TrainConfig(out_dir=a.out, backbone=a.backbone, size=tuple(a.size), batch_size=a.batch_size,
                       lr=a.lr, epoch_steps=a.epoch_steps, max_steps=a.max_steps, max_hours=a.max_hours,
                       data_root=a.data_root, dev_set=a.dev_set or None, teacher_cache=a.teacher_cache,
                       workers=a.workers, threads=a.threads, backbone_weights=a.backbone_weights,
                       device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
                       lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s))
     if not Path(cfg.data_root).is_dir():
-        die(f"data root {cfg.data_root!r} is not a folder (point --data-root at the training data)")
+        fail("xnect-train", f"data root {cfg.data_root!r} is not a folder (point --data-root at the data)",
+             code=2)
     if a.init and not Path(a.init).is_file():
-        die(f"--init {a.init!r} does not exist")
+        fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
-        die(f"--backbone-weights {a.backbone_weights!r} does not exist")
+        fail("xnect-train", f"--backbone-weights {a.backbone_weights!r} does not exist", code=2)
     Trainer(cfg).run()
 
 
@@ -49,7 +50,7 @@ def _export(a: argparse.Namespace) -> None:
 
     for p in (a.stage1, a.stage2):
         if p and not Path(p).is_file():
-            die(f"checkpoint {p!r} does not exist")
+            fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
     export_weights(a.stage1, a.stage2, a.out, half=not a.fp32)
     print(f"wrote {a.out}")
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     s1 = sub.add_parser("stage1", help="train (or resume) the Stage I network")
     s1.add_argument("--out", default="runs/xnect60", help="run folder; resumes from OUT/last.pt")
     s1.add_argument("--backbone", default="selecsls60", help="selecsls60 (default), selecsls42b, selecsls84 ...")
-    s1.add_argument("--size", default="256x256", help="training crop WxH (default 256x256)")
+    s1.add_argument("--size", type=input_size, default="256x256", help="training crop WxH (default 256x256)")
     s1.add_argument("--batch-size", type=int, default=8)
     s1.add_argument("--lr", type=float, default=5e-4)
     s1.add_argument("--warmup-steps", type=int, default=200)
