@@ -186,6 +186,17 @@ class Trainer:
 
     # -- loop --------------------------------------------------------------------------------
     def run(self) -> None:
+        """Train until max_steps / max_hours / SIGTERM; always leaves a checkpoint behind, also
+        when a data worker dies (e.g. a SIGTERM sent to the whole process group)."""
+        try:
+            self._run()
+        except BaseException:
+            self.save()
+            if not self._stop:
+                raise
+            _logger.info("stopped at step %d; checkpoint saved", self.step)
+
+    def _run(self) -> None:
         cfg = self.cfg
         signal.signal(signal.SIGTERM, self._request_stop)
         start = time.time()
