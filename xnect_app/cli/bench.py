@@ -15,26 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) for bad input."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+from xnect_app.cli.model_args import OneLineParser, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
-    return tuple(_positive_int(t) for t in text.split(",") if t.strip())
+    return tuple(positive_int(t) for t in text.split(",") if t.strip())
 
 
 def _size_list(text: str) -> tuple[tuple[int, int], ...]:
@@ -79,11 +64,11 @@ def add_backbone(subparsers) -> None:
     p.add_argument("--out", type=Path, metavar="PATH",
                    help="also write the JSON document to PATH")
     p.add_argument("--quick", action="store_true", help="batch 1 only (skips batch 16)")
-    p.add_argument("--runs", type=_positive_int, default=3, metavar="N",
+    p.add_argument("--runs", type=positive_int, default=3, metavar="N",
                    help="timed runs per measurement (default: %(default)s)")
     p.add_argument("--warmup", type=int, default=1, metavar="N",
                    help="untimed warm-up runs (default: %(default)s)")
-    p.add_argument("--threads", type=_positive_int, metavar="T",
+    p.add_argument("--threads", type=positive_int, metavar="T",
                    help="torch CPU threads (default: torch's current setting)")
     p.add_argument("--models", default="selecsls42b,selecsls60,selecsls84", metavar="NAMES",
                    help="comma-separated SelecSLS variants; ResNet-50 is always added "
@@ -136,7 +121,7 @@ def add_pose(subparsers) -> None:
                     "maps rendered from synthetic scenes.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--people", type=_int_list, default="1,5,10,15", metavar="N[,N]")
-    p.add_argument("--runs", type=_positive_int, default=30, metavar="N")
+    p.add_argument("--runs", type=positive_int, default=30, metavar="N")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_pose)
 
@@ -185,7 +170,7 @@ def _fail(args: argparse.Namespace, message: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xnect-bench", description=__doc__,
+    parser = OneLineParser(prog="xnect-bench", description=__doc__,
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -17,17 +17,10 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import DEFAULT_INPUT_SIZE, input_size
+from .model_args import DEFAULT_INPUT_SIZE, OneLineParser, input_size
 
 # Largest |onnxruntime - torch| allowed by the export check, relative to the output's range.
 CHECK_RELATIVE_TOLERANCE = 1e-3
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line error (no usage dump) for bad input."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class _Failure(Exception):
@@ -147,7 +140,7 @@ def run_onnx(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="xnect-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="xnect-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_onnx(sub)

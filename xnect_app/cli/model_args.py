@@ -20,6 +20,13 @@ def input_size(text: str) -> tuple[int, int]:
     return w, h
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line error (no usage dump) for bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def positive_int(text: str) -> int:
     """argparse type for a whole number >= 1."""
     try:
