@@ -14,7 +14,7 @@ const overlay = new Overlay($("overlay"));
 const view3d = new View3D($("view3d"));
 const stats = {
   posesReceived: 0, framesSent: 0, dropped: 0, errors: 0, peopleSeen: 0,
-  framesDrawn: 0, skeletonsDrawn: 0, limbsDrawn: 0, lastError: null, lastPoses: null,
+  framesDrawn: 0, skeletonsDrawn: 0, limbsDrawn: 0, lastError: null, lastPoses: null, lastDrawn: null,
   fps: 0, latencyMs: null,
 };
 
@@ -54,6 +54,7 @@ function drawPoses(image, msg) {
   const limbs = overlay.draw(image, msg, meta);
   view3d.draw(msg, meta);
   stats.framesDrawn++;
+  stats.lastDrawn = msg;
   stats.skeletonsDrawn += msg.people.filter((p) => p.kp2d_norm.some((k) => k[2] > 0)).length;
   stats.limbsDrawn += limbs;
   return limbs;
