@@ -50,6 +50,14 @@ class Letterbox:
         out[..., 1] = (out[..., 1] - self.oy) / self.scale
         return out
 
+    def mask_to_frame(self, mask: np.ndarray, width: int, height: int, stride: int = STRIDE) -> np.ndarray:
+        """A network-input grid mask (cells of `stride` pixels) as a width x height uint8 frame mask."""
+        # frame pixel centre x -> net pixel x_net = scale * x + ox -> cell (x_net + 0.5) / stride - 0.5
+        a = self.scale / stride
+        m = np.array([[a, 0.0, (self.ox + 0.5) / stride - 0.5], [0.0, a, (self.oy + 0.5) / stride - 0.5]])
+        return cv2.warpAffine(np.ascontiguousarray(mask, np.uint8), m, (int(width), int(height)),
+                              flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP, borderValue=0)
+
 
 def letterbox(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, Letterbox]:
     """Resize keeping the aspect ratio and pad to size (w, h), centred."""
@@ -94,7 +102,8 @@ class PoseEstimator:
                  input_size: tuple[int, int] = (512, 320), device: str = "cpu", fov: float = DEFAULT_FOV_DEG,
                  random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
                  threshold: float = 0.1, backend: str = "torch", onnx_dir: str | Path | None = None,
-                 onnx_threads: int | None = None, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
+                 onnx_threads: int | None = None, dynconv: bool = False, dynconv_budget: float | None = None,
+                 _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
         w, h = input_size
         if w % 16 or h % 16:
@@ -124,7 +133,7 @@ class PoseEstimator:
             self.stage1, self.stage2 = _networks
             self.model_name = _name or f"{self.stage1.cfg.backbone} (in training)"
         elif random_init:
-            self.stage1 = Stage1Net(Stage1Config(backbone=backbone))
+            self.stage1 = Stage1Net(Stage1Config(backbone=backbone, dynconv=bool(dynconv)))
             self.stage2 = None
             self.model_name = f"{backbone} (random init, untrained)"
         else:
@@ -138,6 +147,8 @@ class PoseEstimator:
             self.model_name = path.stem
         if self.stage1 is not None:
             self.stage1.to(self.device).eval()
+        self.dynconv = bool(dynconv)
+        self._configure_dynconv(dynconv_budget)
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
         if backend == "onnxruntime" and self._ort is None:
@@ -148,6 +159,23 @@ class PoseEstimator:
         self._frame_index = 0
         self._stream: Stage3Stream | None = None
         self.reset()
+
+    def _configure_dynconv(self, budget: float | None) -> None:
+        if budget is not None and not 0.0 < float(budget) <= 1.0:
+            raise ValueError(f"DynConv budget {budget}: give the largest active share of the frame, in (0, 1]")
+        if not self.dynconv:
+            if budget is not None:
+                raise ValueError("a DynConv budget needs DynConv on (--dynconv)")
+            return
+        if self.backend != "torch":
+            raise ValueError("DynConv sparse execution runs with the torch backend, not " + self.backend)
+        if not self.stage1.cfg.dynconv:
+            raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit; train one with "
+                             "`xnect-train stage1 --dynconv --init WEIGHTS` or run without --dynconv")
+        if self.device.type != "cpu":
+            raise ValueError("DynConv sparse execution is implemented for the CPU (masks run dense on GPUs)")
+        self.stage1.dynconv_max_active = None if budget is None else float(budget)
+        self.stage1.set_sparse(True)
 
     # -- construction helpers -----------------------------------------------------------------
     @classmethod
@@ -188,6 +216,7 @@ class PoseEstimator:
             img, lb = letterbox(f, self.input_size)
             inputs.append(img)
             boxes.append(lb)
+        masks = None
         if self._ort is not None:
             x = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
             t1 = time.perf_counter()
@@ -196,6 +225,7 @@ class PoseEstimator:
             x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
             t1 = time.perf_counter()
             out = self.stage1(x)
+            masks = self._last_masks()
             hm = out.heatmaps.float().cpu().numpy()
             paf = out.pafs.float().cpu().numpy()
             enc = out.enc3d.float().cpu().numpy()
@@ -211,7 +241,18 @@ class PoseEstimator:
                 intrinsics=self.intrinsics_for(fw, fh),
                 timings_ms={"preprocess": (t1 - t0) * 1000 / len(frames), "stage1": (t2 - t1) * 1000 / len(frames),
                             "decode": (t_end - t_dec) * 1000}))
+            if masks is not None:
+                results[-1].dynconv_mask = boxes[i].mask_to_frame(masks[i], fw, fh)
         return results
+
+    def _last_masks(self) -> np.ndarray | None:
+        """The stride-8 DynConv masks (N x H/8 x W/8) of the last Stage I forward, if it had any."""
+        net = self.stage1
+        if not net.cfg.dynconv:
+            return None
+        stats = net.sparse_stats if self.dynconv else None
+        mask = stats.mask if stats is not None else net.last_mask
+        return None if mask is None else mask[:, 0].float().cpu().numpy()
 
     def __call__(self, frame_bgr: np.ndarray, timestamp: float | None = None) -> FrameResult:
         res = self.detect_batch([frame_bgr])[0]

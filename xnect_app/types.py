@@ -120,6 +120,9 @@ class FrameResult:
     people: list[Person] = field(default_factory=list)
     intrinsics: Intrinsics | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # DynConv: cells Stage I computed (frame-size uint8, 1 = active); None without DynConv. Not
+    # part of the JSON record.
+    dynconv_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines frame record (architecture guide contract)."""

@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-3d-view", action="store_true", help="no 3D skeleton inset")
     out.add_argument("--rotate-3d", type=float, default=0.0, metavar="DEG_PER_S",
                      help="spin the 3D inset at this rate (0 = fixed view)")
+    out.add_argument("--show-mask", action="store_true",
+                     help="with --dynconv: darken the parts of the frame the network skipped")
     out.add_argument("--quiet", action="store_true", help="no periodic status lines")
     add_model_args(p)
     return p
@@ -111,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if source.live:  # opened only to fail fast; reopen after the model loads, without a backlog
         source.close()
     est = build_estimator(**estimator_kwargs(args, tracking=not is_images))
+    if args.show_mask and not (est.stage1 is not None and est.stage1.cfg.dynconv):
+        raise UserError(f"--show-mask: the weights {est.model_name!r} have no DynConv mask unit")
     if source.live:
         try:
             source.open()
@@ -130,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
     status = _StatusPrinter(quiet=args.quiet or window is not None)
     pipeline = Pipeline(source, est, sinks,
-                        overlay=Overlay(view_3d=not args.no_3d_view, rotate_deg_per_s=args.rotate_3d),
+                        overlay=Overlay(view_3d=not args.no_3d_view, rotate_deg_per_s=args.rotate_3d,
+                                        show_mask=args.show_mask),
                         display=window, max_frames=args.max_frames, on_result=status)
     if window is None and sys.stdin is not None and sys.stdin.isatty():
         _stdin_quit(pipeline)

@@ -58,6 +58,34 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--onnx-dir", metavar="DIR",
                    help="with --backend onnxruntime: a folder written by `xnect-export onnx` "
                         "(default: export the loaded weights in memory)")
+    add_dynconv_args(g)
+
+
+def add_dynconv_args(group) -> None:
+    group.add_argument("--dynconv", action="store_true",
+                       help="DynConv: compute Stage I only where the mask unit expects people (needs "
+                            "weights trained with `xnect-train stage1 --dynconv`)")
+    group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
+                       help="with --dynconv: compute at most this share of the frame (a cost cap)")
+
+
+def fraction(text: str) -> float:
+    """argparse type for a share in (0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in (0, 1]")
+    return v
+
+
+def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "dynconv_budget", None) is not None and not getattr(args, "dynconv", False):
+        raise UserError("--dynconv-budget needs --dynconv")
+    if not getattr(args, "dynconv", False):
+        return {}
+    return {"dynconv": True, "dynconv_budget": args.dynconv_budget}
 
 
 def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
@@ -76,6 +104,7 @@ def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, An
         if kw.get("backend") != "onnxruntime":
             raise UserError("--onnx-dir needs --backend onnxruntime")
         kw["onnx_dir"] = args.onnx_dir
+    kw.update(dynconv_kwargs(args))
     kw.update(overrides)
     return kw
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from .model_args import fail, input_size as parse_input_size
+from .model_args import UserError, add_dynconv_args, dynconv_kwargs, fail, input_size as parse_input_size
 
 LOG = logging.getLogger("xnect_app.server")
 
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="cpu")
     model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
                        "(default: the estimator's)")
+    add_dynconv_args(model)
     model.add_argument("--no-skeleton-fit", action="store_true", help="skip the kinematic skeleton fit")
 
     lim = p.add_argument_group("limits")
@@ -91,6 +92,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
     from ..estimator import PoseEstimator
     extra = {} if args.fov is None else {"fov": args.fov}
+    try:
+        extra.update(dynconv_kwargs(args))
+    except UserError as e:
+        raise ValueError(str(e)) from None
     return PoseEstimator(weights=args.weights, backbone=args.backbone, input_size=input_size,
                          device=args.device, random_init=args.random_weights,
                          tracking=True, fit_skeleton=not args.no_skeleton_fit, **extra)

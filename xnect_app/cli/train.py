@@ -3,6 +3,7 @@
 Examples:
     xnect-train stage1 --out runs/xnect60 --max-hours 2          # start or resume
     xnect-train stage1 --out runs/xnect60 --init models/xnect_selecsls60.pt  # continue the default
+    xnect-train stage1 --out runs/dyn60 --init models/xnect_selecsls60.pt --dynconv --dynconv-budget 0.25
     xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
     torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
     xnect-train stage2 --out runs/stage2 --steps 3000
@@ -12,6 +13,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -20,6 +22,7 @@ from .model_args import fail, input_size
 
 
 def _stage1(a: argparse.Namespace) -> None:
+    from ..train.losses import LossWeights
     from ..train.trainer import TrainConfig, Trainer
 
     cfg = TrainConfig(out_dir=a.out, backbone=a.backbone, size=tuple(a.size), batch_size=a.batch_size,
@@ -27,12 +30,18 @@ def _stage1(a: argparse.Namespace) -> None:
                       data_root=a.data_root, dev_set=a.dev_set or None, teacher_cache=a.teacher_cache,
                       workers=a.workers, threads=a.threads, backbone_weights=a.backbone_weights,
                       device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
-                      lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s))
+                      lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s),
+                      dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
+                      dynconv_epochs=a.dynconv_epochs,
+                      loss=dataclasses.asdict(LossWeights(heatmap_positive_boost=a.heatmap_boost,
+                                                          paf_positive_boost=a.paf_boost)))
     if not Path(cfg.data_root).is_dir():
         fail("xnect-train", f"data root {cfg.data_root!r} is not a folder (point --data-root at the data)",
              code=2)
     if a.init and not Path(a.init).is_file():
         fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
+    if not 0.0 < a.dynconv_budget <= 1.0:
+        fail("xnect-train", f"--dynconv-budget {a.dynconv_budget}: give a share of the cost in (0, 1]", code=2)
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
         fail("xnect-train", f"--backbone-weights {a.backbone_weights!r} does not exist", code=2)
     Trainer(cfg).run()
@@ -56,6 +65,8 @@ def _export(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from ..train.losses import LossWeights
+
     ap = argparse.ArgumentParser(prog="xnect-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -77,6 +88,18 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--threads", type=int)
     s1.add_argument("--device", default="cpu")
     s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")
+    s1.add_argument("--heatmap-boost", type=float, default=LossWeights.heatmap_positive_boost,
+                    help="extra loss weight on heatmap cells near joints (default %(default)s)")
+    s1.add_argument("--paf-boost", type=float, default=LossWeights.paf_positive_boost,
+                    help="extra loss weight on PAF cells on limbs (default %(default)s)")
+    s1.add_argument("--dynconv", action="store_true",
+                    help="train a DynConv mask unit with the pose losses + sparsity loss (fine-tune a dense "
+                         "network with --init, or continue a dense run folder)")
+    s1.add_argument("--dynconv-budget", type=float, default=0.25,
+                    help="target share of the masked MACs (default %(default)s)")
+    s1.add_argument("--dynconv-weight", type=float, default=1000.0, help="sparsity loss weight (default %(default)s)")
+    s1.add_argument("--dynconv-epochs", type=int, default=10,
+                    help="length of the sparsity schedule in epochs of --epoch-steps (default %(default)s)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)

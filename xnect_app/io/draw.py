@@ -110,6 +110,16 @@ def inset_into(image: np.ndarray, view: np.ndarray, corner: str = "top-right", m
     image[y:y + h, x:x + w] = view[: H - y, : W - x]
 
 
+def draw_mask_into(image: np.ndarray, mask: np.ndarray) -> None:
+    """Darken the cells DynConv skipped and outline the computed ones (mask: frame-size, 1 = computed)."""
+    import cv2
+
+    off = mask == 0
+    image[off] = (image[off] * 0.4).astype(image.dtype)
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(image, contours, -1, (0, 200, 255), max(1, _thickness(image) // 2), cv2.LINE_AA)
+
+
 def draw_hud_into(image: np.ndarray, lines: Sequence[str]) -> None:
     """White text with a dark outline, top-left."""
     s = 0.5 * max(1.0, min(image.shape[:2]) / 480)
@@ -124,7 +134,8 @@ class Overlay:
     """
 
     def __init__(self, *, view_3d: bool = True, yaw_deg: float = 30.0, rotate_deg_per_s: float = 0.0,
-                 hud: bool = True) -> None:
+                 hud: bool = True, show_mask: bool = False) -> None:
+        self.show_mask = show_mask
         self.view_3d = view_3d
         self.yaw_deg = yaw_deg
         self.rotate_deg_per_s = rotate_deg_per_s
@@ -132,6 +143,9 @@ class Overlay:
 
     def __call__(self, image: np.ndarray, result: FrameResult, fps: float | None = None) -> np.ndarray:
         out = image.copy()
+        mask = result.dynconv_mask if self.show_mask else None
+        if mask is not None:
+            draw_mask_into(out, mask)
         draw_people_into(out, result.people)
         if self.view_3d:
             side = max(96, min(out.shape[:2]) // 3)
@@ -139,6 +153,8 @@ class Overlay:
             inset_into(out, render_3d_view(result.people, (side, side), yaw_deg=yaw))
         if self.hud:
             lines = [f"people {len(result.people)}"]
+            if mask is not None:
+                lines.append(f"computed {mask.mean():.0%} of the frame")
             if fps is not None:
                 lines.insert(0, f"{fps:5.1f} fps")
             draw_hud_into(out, lines)

@@ -91,9 +91,20 @@ class _StraightThrough(torch.autograd.Function):
         return grad
 
 
-def hard_mask(logits: torch.Tensor) -> torch.Tensor:
-    """Inference mask: 1 where logit >= 0 (no noise, no sigmoid)."""
-    return (logits >= 0).to(logits.dtype)
+def hard_mask(logits: torch.Tensor, max_active: float | None = None) -> torch.Tensor:
+    """Inference mask: 1 where logit >= 0 (no noise, no sigmoid).
+
+    max_active: at most this share of each image's cells stays active (the highest logits), a
+    run-time cap on the cost for users who need a frame-rate floor."""
+    mask = (logits >= 0).to(logits.dtype)
+    if max_active is None or max_active >= 1.0:
+        return mask
+    flat = logits.flatten(1)
+    keep = max(1, int(math.ceil(float(max_active) * flat.shape[1])))
+    if keep >= flat.shape[1]:
+        return mask
+    top = torch.zeros_like(flat).scatter_(1, flat.topk(keep, dim=1).indices, 1.0)
+    return mask * top.view_as(logits)
 
 
 def dilate(mask: torch.Tensor, steps: int = 1) -> torch.Tensor:
@@ -584,7 +595,7 @@ class SparseStage1:
         if mask_override is not None:
             m8 = as_mask(mask_override, x.shape[0], h8, w8)
         else:
-            m8 = hard_mask(self.net.mask_unit(feats[0]))
+            m8 = hard_mask(self.net.mask_unit(feats[0]), self.net.dynconv_max_active)
         levels, cost = self._plan(m8, tuple(x.shape[-2:]))
         aligned = x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0
         use_sparse = aligned and cost <= self.dense_above

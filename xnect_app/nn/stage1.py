@@ -114,6 +114,7 @@ class Stage1Net(nn.Module):
         # Plain attributes only: nothing here enters the state dict unless cfg.dynconv is on.
         self.dynconv_tau = 1.0       # Gumbel temperature (training)
         self.dynconv_noise = True    # Gumbel noise on (training; the trainer turns it off late)
+        self.dynconv_max_active: float | None = None  # inference cap on the active share (dynconv.hard_mask)
         self.dynconv_costs: list[dynconv.LayerCost] = []  # from the last masked forward
         self.last_mask: torch.Tensor | None = None         # N x 1 x H/8 x W/8, last masked forward
         self._sparse_on = False
@@ -225,7 +226,7 @@ class Stage1Net(nn.Module):
         logits = self.mask_unit(tap)
         if self.training:
             return dynconv.gumbel_mask(logits, self.dynconv_tau, self.dynconv_noise)
-        return dynconv.hard_mask(logits)
+        return dynconv.hard_mask(logits, self.dynconv_max_active)
 
     def _forward_masked(self, x: torch.Tensor) -> Stage1Output:
         """Masked-dense DynConv forward (training, and the reference of the sparse path).

@@ -21,7 +21,8 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
         "format": WEIGHTS_FORMAT,
         "stage1_config": s1_cfg,
         "stage1": {k: (v.half() if half and v.is_floating_point() else v) for k, v in s1.items()},
-        "meta": {"stage1_step": int(ck1.get("step", 0)), "exported": datetime.date.today().isoformat(),
+        "meta": {"stage1_step": int(ck1.get("step", 0)), "dynconv_start": int(ck1.get("dynconv_start", 0)),
+                 "exported": datetime.date.today().isoformat(),
                  "history": ck1.get("history", []),
                  "config": ck1.get("config", {})},
     }

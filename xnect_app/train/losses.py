@@ -16,6 +16,9 @@ class LossWeights:
     # Heatmap pixels near joints count this much more than background, so small people are not
     # drowned by the mostly empty maps.
     heatmap_positive_boost: float = 9.0
+    # Same for PAF cells on a limb: without it the PAF head sat at zero output for 15k images
+    # (loss 152 -> 147, zero prediction 154) while the heatmaps learned.
+    paf_positive_boost: float = 9.0
 
 
 def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
@@ -26,7 +29,10 @@ def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
     hm_t = targets["heatmaps"]
     hm_w = targets["hm_mask"] * (1.0 + w.heatmap_positive_boost * hm_t)
     l_hm = (hm_w * (out.heatmaps - hm_t) ** 2).sum() / n / _spatial(hm_t)
-    l_paf = (targets["paf_mask"] * (out.pafs - targets["pafs"]) ** 2).sum() / n / _spatial(hm_t)
+    paf_t = targets["pafs"]
+    on_limb = (paf_t != 0).float()
+    paf_w = targets["paf_mask"] * (1.0 + w.paf_positive_boost * on_limb)
+    l_paf = (paf_w * (out.pafs - paf_t) ** 2).sum() / n / _spatial(hm_t)
     ew = targets["enc3d_weight"]
     l_enc = (ew * (out.enc3d - targets["enc3d"]) ** 2).sum() / ew.sum().clamp(min=1.0)
     total = w.heatmap * l_hm + w.paf * l_paf + w.enc3d * l_enc

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .. import skeleton
+from ..nn import dynconv
 from ..nn.stage1 import Stage1Config, Stage1Net
 from .losses import LossWeights, stage1_loss
 
@@ -52,6 +53,13 @@ class TrainConfig:
     backbone_weights: str | None = None
     init_weights: str | None = None  # continue from an exported weights file (models/*.pt)
     device: str = "cpu"
+    # DynConv (nn/dynconv.py): train a mask unit with the pose losses plus the sparsity loss.
+    dynconv: bool = False
+    dynconv_budget: float = 0.25   # target share of the masked MACs
+    # Our pose losses are sums (hundreds), not the per-element means the DynConv paper's 0.01
+    # goes with; 1000 puts the budget push on a background cell at ~0.1 of a joint cell's pull.
+    dynconv_weight: float = 1000.0
+    dynconv_epochs: int = 10       # schedule length: per-layer bounds open by 33%, noise off at 80%
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
@@ -109,10 +117,12 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed + self.rank)
         self.device = torch.device(cfg.device)
-        self.net = Stage1Net(Stage1Config(backbone=cfg.backbone)).to(self.device)
+        self.net = Stage1Net(Stage1Config(backbone=cfg.backbone, dynconv=cfg.dynconv,
+                                          dynconv_budget=cfg.dynconv_budget)).to(self.device)
         self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.warmup_from = 0
+        self.dynconv_start = 0  # step at which mask training began (its schedule counts from there)
         self.history: list[dict[str, Any]] = []
         self._stop = False
         resumed = self._resume()
@@ -130,13 +140,29 @@ class Trainer:
         if not path.exists():
             return self._init_from_weights()
         ck = torch.load(path, map_location="cpu", weights_only=False)
-        self.net.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
         self.step = int(ck["step"])
         self.history = list(ck.get("history", []))
-        self.warmup_from = int(ck.get("warmup_from", 0))
+        if self._load_stage1(ck["model"]):
+            self.opt.load_state_dict(ck["optimizer"])
+            self.warmup_from = int(ck.get("warmup_from", 0))
+            self.dynconv_start = int(ck.get("dynconv_start", 0))
+        else:  # a dense run continued with --dynconv: new parameters, fresh optimizer
+            self.warmup_from = self.dynconv_start = self.step
         _logger.info("resumed %s at step %d", path, self.step)
         return True
+
+    def _load_stage1(self, state: dict[str, torch.Tensor]) -> bool:
+        """Load Stage I weights; a dense state dict into a DynConv net leaves the new mask unit at
+        its initialisation (every cell active). Returns False in that case."""
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        new_mask_unit = bool(missing) and all(k.startswith("mask_unit.") for k in missing)
+        if unexpected or (missing and not new_mask_unit):
+            raise RuntimeError(f"checkpoint does not fit the network: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]} (DynConv on/off or backbone differ?)")
+        if new_mask_unit:
+            _logger.info("DynConv mask unit starts fresh (the checkpoint is a dense network)")
+        return not new_mask_unit
 
     def _init_from_weights(self) -> bool:
         """Start from an exported weights file, keeping its step count and loss history; the
@@ -144,11 +170,12 @@ class Trainer:
         if not self.cfg.init_weights:
             return False
         doc = torch.load(self.cfg.init_weights, map_location="cpu", weights_only=True)
-        self.net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage1"].items()})
         meta = doc.get("meta", {})
         self.step = int(meta.get("stage1_step", 0))
         self.history = list(meta.get("history", []))
-        self.warmup_from = self.step
+        self.warmup_from = self.dynconv_start = self.step
+        if self._load_stage1(doc["stage1"]):
+            self.dynconv_start = int(meta.get("dynconv_start", self.step))
         _logger.info("initialised from %s at step %d", self.cfg.init_weights, self.step)
         return True
 
@@ -156,7 +183,7 @@ class Trainer:
         if self.rank != 0:
             return
         ck = {"model": self.net.state_dict(), "optimizer": self.opt.state_dict(), "step": self.step,
-              "warmup_from": self.warmup_from, "history": self.history, "config": dataclasses.asdict(self.cfg),
+              "warmup_from": self.warmup_from, "dynconv_start": self.dynconv_start, "history": self.history, "config": dataclasses.asdict(self.cfg),
               "stage1_config": self.net.cfg.to_dict()}
         tmp = self.out / "last.pt.tmp"
         torch.save(ck, tmp)
@@ -213,8 +240,16 @@ class Trainer:
                     g["lr"] = self.lr_at(self.step)
                 imgs = imgs.to(self.device)
                 targets = {k: v.to(self.device) for k, v in targets.items()}
+                if cfg.dynconv:
+                    self.net.dynconv_noise = self._dynconv_epoch() < 0.8 * cfg.dynconv_epochs
                 out = self.model(imgs)
                 loss, parts = stage1_loss(out, targets, weights)
+                if cfg.dynconv:
+                    sp = dynconv.sparsity_loss(self.net.dynconv_costs, cfg.dynconv_budget, self._dynconv_epoch(),
+                                               cfg.dynconv_epochs, weight=cfg.dynconv_weight)
+                    loss = loss + sp.total
+                    parts.update(sparsity=float(sp.total.detach()), active=float(sp.fraction.detach()))
+                    parts["total"] = float(loss.detach())
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
@@ -225,9 +260,11 @@ class Trainer:
                     sums[k] = sums.get(k, 0.0) + v
                 if self.step % 10 == 0 and self.rank == 0:
                     rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
-                    _logger.info("step %d  loss %.4f (hm %.4f paf %.4f 3d %.4f)  %.2f img/s  lr %.2e",
+                    extra = (f"  cost share {parts['active']:.3f} (budget {cfg.dynconv_budget})"
+                             if cfg.dynconv else "")
+                    _logger.info("step %d  loss %.4f (hm %.4f paf %.4f 3d %.4f)  %.2f img/s  lr %.2e%s",
                                  self.step, parts["total"], parts["heatmap"], parts["paf"], parts["enc3d"],
-                                 rate, self.lr_at(self.step))
+                                 rate, self.lr_at(self.step), extra)
                 if time.time() - last_save > cfg.save_every_min * 60:
                     self.save()
                     last_save = time.time()
@@ -266,6 +303,9 @@ class Trainer:
             return {}
         finally:
             self.net.train()
+
+    def _dynconv_epoch(self) -> int:
+        return (self.step - self.dynconv_start) // max(1, self.cfg.epoch_steps)
 
     def _request_stop(self, *_: Any) -> None:
         self._stop = True
@@ -308,7 +348,8 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
             axes[1].plot(*zip(*pts), marker="o", label=k)
     axes[1].set_xlabel("step")
     axes[1].set_title("coco_dev AP")
-    axes[1].legend()
+    if axes[1].lines:
+        axes[1].legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)

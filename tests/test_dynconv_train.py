@@ -1,0 +1,157 @@
+"""DynConv end to end: mask training in the trainer, weights with a mask unit, and --dynconv at inference."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from xnect_app.estimator import PoseEstimator
+from xnect_app.io.draw import Overlay
+from xnect_app.nn.stage1 import Stage1Config, Stage1Net
+from xnect_app.train.export import export_weights
+from xnect_app.train.trainer import TrainConfig, Trainer
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+VIDEO = DATA / "videos"
+
+pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
+
+
+@pytest.fixture(scope="module")
+def dense_weights(tmp_path_factory) -> Path:
+    """A dense Stage I weights file, as `xnect-train export` writes it."""
+    folder = tmp_path_factory.mktemp("dense")
+    torch.manual_seed(0)
+    net = Stage1Net(Stage1Config(backbone="selecsls42b"))
+    torch.save({"model": net.state_dict(), "step": 7, "history": [], "stage1_config": net.cfg.to_dict()},
+               folder / "last.pt")
+    export_weights(str(folder / "last.pt"), None, str(folder / "dense.pt"), half=False)
+    return folder / "dense.pt"
+
+
+def _config(out: Path, init: Path | None, steps: int) -> TrainConfig:
+    return TrainConfig(out_dir=str(out), backbone="selecsls42b", size=(128, 128), batch_size=2, epoch_steps=2,
+                       max_steps=steps, data_root=str(DATA), dev_set=None, workers=0, threads=1,
+                       init_weights=str(init) if init else None, dynconv=True, dynconv_budget=0.3,
+                       teacher_cache=str(REPO / "data_cache"))
+
+
+@pytest.fixture(scope="module")
+def dynconv_run(tmp_path_factory, dense_weights) -> Path:
+    """Fine-tune the dense weights with --dynconv for a few steps, stop, and resume."""
+    out = tmp_path_factory.mktemp("dyn")
+    Trainer(_config(out, dense_weights, steps=9)).run()
+    Trainer(_config(out, dense_weights, steps=11)).run()  # resumes from out/last.pt, not --init
+    return out
+
+
+def test_dynconv_training_starts_from_dense_weights_and_logs_the_cost_share(dynconv_run, dense_weights):
+    ck = torch.load(dynconv_run / "last.pt", map_location="cpu", weights_only=False)
+    assert ck["step"] == 11 and ck["dynconv_start"] == 7  # the schedule counts from the dense step
+    assert ck["stage1_config"]["dynconv"] is True
+    assert {"mask_unit.conv.weight", "mask_unit.conv.bias", "mask_unit.fc.weight"} <= set(ck["model"])
+    dense = torch.load(dense_weights, weights_only=True)["stage1"]
+    moved = [k for k, v in dense.items() if v.is_floating_point() and not torch.equal(v, ck["model"][k])]
+    assert moved, "the pose network did not train"
+    epochs = [json.loads(line) for line in (dynconv_run / "log.jsonl").read_text().splitlines()]
+    assert epochs[-1]["step"] == 11
+    for e in epochs:
+        assert 0.0 <= e["active"] <= 1.0 and e["sparsity"] >= 0.0
+
+
+def test_a_dynconv_checkpoint_does_not_resume_into_a_dense_run(dynconv_run, tmp_path):
+    cfg = _config(dynconv_run, None, steps=12)
+    cfg.dynconv = False
+    with pytest.raises(RuntimeError, match="DynConv"):
+        Trainer(cfg)
+
+
+@pytest.fixture(scope="module")
+def dynconv_weights(dynconv_run) -> Path:
+    path = dynconv_run / "dyn.pt"
+    export_weights(str(dynconv_run / "last.pt"), None, str(path), half=False)
+    return path
+
+
+def _frames(n: int = 2) -> list[np.ndarray]:
+    cap = cv2.VideoCapture(str(next(iter(sorted(VIDEO.glob("*.mp4"))))))
+    frames = [cap.read()[1] for _ in range(n)]
+    cap.release()
+    return frames
+
+
+def _force_mask(est: PoseEstimator, share_left: float) -> None:
+    """Make the (barely trained) mask unit active on the left `share_left` of the frame."""
+    unit = est.stage1.mask_unit
+    with torch.no_grad():
+        unit.conv.weight.zero_()
+        unit.fc.weight.zero_()
+        unit.conv.bias.fill_(-1.0)
+    cols = est.input_size[0] // 8
+    border = int(round(cols * share_left))
+
+    def hook(_module, _inp, out):
+        out = torch.full_like(out, -1.0)
+        out[..., :border] = 1.0
+        return out
+    unit.register_forward_hook(hook)
+
+
+def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weights):
+    frames = _frames()
+    dense = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    sparse = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02, dynconv=True)
+    for est in (dense, sparse):
+        _force_mask(est, 0.5)
+    a, b = dense.detect_batch(frames), sparse.detect_batch(frames)
+    stats = sparse.stage1.sparse_stats
+    assert stats is not None and stats.sparse and 0.4 < stats.active < 0.6
+    for ra, rb, f in zip(a, b, frames):
+        assert len(ra.people) == len(rb.people)
+        for pa, pb in zip(ra.people, rb.people):
+            np.testing.assert_allclose(np.nan_to_num(pa.kp2d), np.nan_to_num(pb.kp2d), atol=1e-3)
+        # The mask in frame pixels: the computed half of the network input, mapped through the letterbox.
+        assert rb.dynconv_mask.shape == f.shape[:2]
+        np.testing.assert_array_equal(ra.dynconv_mask, rb.dynconv_mask)
+        assert rb.dynconv_mask[:, :5].all() and not rb.dynconv_mask[:, -5:].any()
+
+
+def test_a_budget_caps_the_computed_share(dynconv_weights):
+    est = PoseEstimator(dynconv_weights, tracking=False, dynconv=True, dynconv_budget=0.1)
+    _force_mask(est, 0.5)
+    est.detect_batch(_frames(1))
+    assert est.stage1.sparse_stats.active <= 0.1 + 1e-6
+
+
+def test_the_overlay_darkens_skipped_cells_and_reports_the_computed_share(dynconv_weights):
+    est = PoseEstimator(dynconv_weights, tracking=False, dynconv=True)
+    _force_mask(est, 0.5)
+    frame = np.full((240, 320, 3), 200, np.uint8)
+    res = est.detect_batch([frame])[0]
+    drawn = Overlay(view_3d=False, show_mask=True)(frame, res)
+    assert drawn[120, 300].max() < 100 and drawn[200, 40].min() == 200  # right skipped, left kept
+
+
+def test_dynconv_needs_weights_with_a_mask_unit(dense_weights):
+    with pytest.raises(ValueError, match="no DynConv mask unit"):
+        PoseEstimator(dense_weights, dynconv=True)
+    with pytest.raises(ValueError, match="needs DynConv"):
+        PoseEstimator(dense_weights, dynconv_budget=0.5)
+
+
+@pytest.mark.parametrize("prog,extra", [("demo", ["--video", "x.mp4", "--headless"]),
+                                        ("process", ["x.mp4", "--out-dir", "o"]),
+                                        ("server", [])])
+def test_clis_refuse_dynconv_with_dense_weights_in_one_line(prog, extra, dense_weights, tmp_path):
+    video = next(iter(sorted(VIDEO.glob("*.mp4"))))
+    args = [str(video) if a == "x.mp4" else str(tmp_path / "o") if a == "o" else a for a in extra]
+    r = subprocess.run([sys.executable, "-m", f"xnect_app.cli.{prog}", *args, "--weights", str(dense_weights),
+                        "--dynconv"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode != 0
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no DynConv mask unit" in lines[0], r.stderr
