@@ -10,7 +10,7 @@ install:
 	$(PIP) install -q -e .
 
 install-test: install
-	$(PIP) install -q -e ".[dev,onnx]"
+	$(PIP) install -q -e ".[dev,onnx,ray]"
 	bash scripts/install_browser.sh
 
 demo: install

@@ -5,6 +5,7 @@ examples:
   xnect-process clips/ more/*.mp4 --out-dir poses/ --csv --bvh --workers 2
   xnect-process photos/ --out-dir poses/ --coco
   xnect-process /data/videos --out-dir /data/poses --shard 2/4     (machine 2 of 4)
+  xnect-process /shared/videos --out-dir /shared/poses --ray 10.0.0.5:6379 --ray-cpus 4
 
 For every input (a video, or the images of one folder as a set) the output folder gets:
   NAME.jsonl            always: a meta record, then one frame record per frame (architecture guide)
@@ -27,6 +28,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -325,6 +327,7 @@ def run_job(job: Job, opts: Options, estimator, *, on_frame: Callable[[], None] 
         "inputs": list(job.inputs) if len(job.inputs) <= 50 else f"{len(job.inputs)} images from {job.label}",
         "input_fingerprint": input_fingerprint(job), "options": opts.signature(),
         "model": estimator.model_name, "frames": stats.frames, "outputs": report.outputs,
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
         "damaged_input": report.damaged, "problems": report.problems,
         "seconds": round(time.perf_counter() - t0, 2),
     }
@@ -444,8 +447,10 @@ def _describe(report: JobReport, out_dir: Path) -> str:
 
 
 def run_batch(jobs: list[Job], opts: Options, *, workers: int = 1, progress: bool | None = None,
-              log: Callable[[str], None] | None = None) -> list[JobReport]:
+              log: Callable[[str], None] | None = None, ray_cpus: int | None = None) -> list[JobReport]:
     """Run the jobs (skipping complete ones unless opts.overwrite); returns one report per job.
+    With `ray_cpus`, the jobs run on `workers` Ray actors of that many CPUs each (Ray already
+    connected, see process_ray.connect).
     Raises KeyboardInterrupt after cleaning up when interrupted; the reports so far are then in
     the exception's `reports` attribute."""
     out_dir = Path(opts.out_dir)
@@ -462,14 +467,17 @@ def run_batch(jobs: list[Job], opts: Options, *, workers: int = 1, progress: boo
             todo.append(_expected_frames(job))
     if todo:
         _estimator_for(todo[0], opts)  # fail fast on a bad model, before any work
-        if workers > 1 and len(todo) > 1:
+        if ray_cpus or (workers > 1 and len(todo) > 1):
             _ESTIMATORS.clear()  # the workers build their own
     bars = _Bars(todo, progress)
     say = log or bars.write
     for r in reports:
         say(_describe(r, out_dir))
     try:
-        if workers <= 1 or len(todo) <= 1:
+        if ray_cpus:
+            from .process_ray import run_on_ray
+            run_on_ray(todo, opts, workers, ray_cpus, bars, say, reports)
+        elif workers <= 1 or len(todo) <= 1:
             _run_here(todo, opts, bars, say, reports)
         else:
             _run_pool(todo, opts, workers, bars, say, reports)
@@ -567,10 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-track-frames", type=int, default=5, metavar="N",
                    help="--bvh: tracks seen in fewer frames get no file")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose outputs are already complete")
-    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
-                   help="process N inputs at once (separate processes)")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="process N inputs at once (separate processes; with --ray: Ray actors, default "
+                        "as many as the cluster's CPUs allow)")
     p.add_argument("--shard", type=parse_shard, metavar="I/N",
                    help="process only shard I of N (1-based), to split a job across machines")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run the inputs on a Ray cluster (ADDRESS, e.g. 10.0.0.5:6379 or auto); without "
+                        "ADDRESS a local Ray instance. Inputs and --out-dir must be on storage every node "
+                        "sees at the same paths. Needs the [ray] extra")
+    p.add_argument("--ray-cpus", type=positive_int, default=1, metavar="N",
+                   help="with --ray: CPUs (and torch threads) per worker actor (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_args(p)
     return p
@@ -622,13 +637,22 @@ def main(argv: list[str] | None = None) -> int:
         if not jobs:
             print(f"{PROG}: shard {args.shard[0]}/{args.shard[1]} has no inputs", file=sys.stderr)
             return 1 if errors else 0
+        if args.shard and args.ray is not None:
+            raise UserError("--shard and --ray exclude each other (Ray spreads the inputs itself)")
+        workers = args.workers
+        if args.ray is not None:
+            from . import process_ray
+            workers = process_ray.connect(args.ray or None, args.workers, args.ray_cpus)
         interrupted = False
         try:
-            reports = run_batch(jobs, opts, workers=args.workers,
-                                progress=False if args.no_progress else None)
+            reports = run_batch(jobs, opts, workers=workers or 1, progress=False if args.no_progress else None,
+                                ray_cpus=args.ray_cpus if args.ray is not None else None)
         except KeyboardInterrupt as e:
             reports = getattr(e, "reports", [])
             interrupted = True
+        finally:
+            if args.ray is not None:
+                process_ray.shutdown()
     except UserError as e:
         fail(PROG, str(e))
     except KeyboardInterrupt:
