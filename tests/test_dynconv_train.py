@@ -155,3 +155,60 @@ def test_clis_refuse_dynconv_with_dense_weights_in_one_line(prog, extra, dense_w
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no DynConv mask unit" in lines[0], r.stderr
+
+
+# --------------------------------------------------------------------------- motion masks
+
+def _moving_square_frames(n: int = 30, size=(320, 192)) -> list[np.ndarray]:
+    w, h = size
+    rng = np.random.default_rng(0)
+    background = rng.integers(60, 200, (h, w, 3), dtype=np.uint8)
+    background = cv2.GaussianBlur(background, (9, 9), 0)
+    frames = []
+    for i in range(n):
+        f = background.copy()
+        x = 20 + 6 * i
+        cv2.rectangle(f, (x, 60), (x + 40, 140), (20, 20, 240), -1)
+        frames.append(f)
+    return frames
+
+
+def test_motion_gate_marks_the_moving_thing_after_warm_up():
+    from xnect_app.motion_mask import MotionGate
+    gate = MotionGate((320, 192), warmup=10)
+    frames = _moving_square_frames(25)
+    masks = [gate.update(f) for f in frames]
+    assert all(m is None for m in masks[:10])
+    last = masks[-1]
+    assert last.shape == (24, 40)
+    x = 20 + 6 * 24
+    assert last[60 // 8:140 // 8, x // 8:(x + 40) // 8].all()  # the square's cells
+    assert last.mean() < 0.3 and last[:, :2].sum() == 0          # the still background is skipped
+    assert gate.background_due()
+    bg = gate.background()
+    assert bg.shape == (192, 320, 3) and not gate.background_due()
+
+
+def test_motion_masked_estimator_runs_dense_then_sparse_on_a_video_stream():
+    frames = _moving_square_frames(34)
+    torch.manual_seed(0)
+    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion",
+                        fit_skeleton=False)
+    shares = []
+    for f in frames:
+        res = est(f)
+        assert res.dynconv_mask is not None and res.dynconv_mask.shape == f.shape[:2]
+        shares.append(res.dynconv_mask.mean())
+    assert shares[0] == 1.0                   # warm-up: everything computed
+    assert shares[-1] < 0.5                   # then only around the moving square
+    stats = est.stage1.sparse_stats
+    assert stats is not None and stats.sparse
+    est.reset()                               # a new stream warms up again
+    assert est(frames[0]).dynconv_mask.mean() == 1.0
+
+
+def test_motion_masks_need_a_stream_and_no_budget():
+    with pytest.raises(ValueError, match="stream"):
+        PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", tracking=False)
+    with pytest.raises(ValueError, match="learned masks"):
+        PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", dynconv_budget=0.3)

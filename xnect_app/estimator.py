@@ -102,7 +102,7 @@ class PoseEstimator:
                  input_size: tuple[int, int] = (512, 320), device: str = "cpu", fov: float = DEFAULT_FOV_DEG,
                  random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
                  threshold: float = 0.1, backend: str = "torch", onnx_dir: str | Path | None = None,
-                 onnx_threads: int | None = None, dynconv: bool = False, dynconv_budget: float | None = None,
+                 onnx_threads: int | None = None, dynconv: bool | str = False, dynconv_budget: float | None = None,
                  _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
         w, h = input_size
@@ -147,7 +147,8 @@ class PoseEstimator:
             self.model_name = path.stem
         if self.stage1 is not None:
             self.stage1.to(self.device).eval()
-        self.dynconv = bool(dynconv)
+        self.dynconv = "learned" if dynconv is True else (dynconv or False)
+        self._gate = None
         self._configure_dynconv(dynconv_budget)
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
@@ -161,21 +162,49 @@ class PoseEstimator:
         self.reset()
 
     def _configure_dynconv(self, budget: float | None) -> None:
+        """dynconv: False (dense), True / "learned" (the weights' mask unit) or "motion" (a causal
+        motion mask, for networks without a mask unit on a static camera; see motion_mask.py)."""
+        mode = self.dynconv
         if budget is not None and not 0.0 < float(budget) <= 1.0:
             raise ValueError(f"DynConv budget {budget}: give the largest active share of the frame, in (0, 1]")
-        if not self.dynconv:
+        if not mode:
             if budget is not None:
                 raise ValueError("a DynConv budget needs DynConv on (--dynconv)")
             return
+        if mode not in ("learned", "motion"):
+            raise ValueError(f"DynConv mask {mode!r}: choose learned or motion")
         if self.backend != "torch":
             raise ValueError("DynConv sparse execution runs with the torch backend, not " + self.backend)
-        if not self.stage1.cfg.dynconv:
-            raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit; train one with "
-                             "`xnect-train stage1 --dynconv --init WEIGHTS` or run without --dynconv")
         if self.device.type != "cpu":
             raise ValueError("DynConv sparse execution is implemented for the CPU (masks run dense on GPUs)")
+        if mode == "motion":
+            if budget is not None:
+                raise ValueError("a DynConv budget applies to learned masks, not motion masks")
+            if not self.tracking:
+                raise ValueError("motion masks need a video or camera stream, not independent images")
+            from .motion_mask import MotionGate
+            self._gate = MotionGate(self.input_size)
+            return
+        if not self.stage1.cfg.dynconv:
+            raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit; train one with "
+                             "`xnect-train stage1 --dynconv --init WEIGHTS`, or use motion masks on a static "
+                             "camera (--dynconv --dynconv-mask motion)")
         self.stage1.dynconv_max_active = None if budget is None else float(budget)
         self.stage1.set_sparse(True)
+
+    def _gate_batch(self, inputs: list[np.ndarray]) -> bool:
+        """Motion masks for a batch of consecutive frames; False when it must run dense (warm-up)."""
+        masks = [self._gate.update(img) for img in inputs]
+        if any(m is None for m in masks):
+            self.stage1.set_sparse(False, mask_override=None)
+            return False
+        background: Any = False
+        if self._gate.background_due():
+            bg = np.ascontiguousarray(self._gate.background().transpose(2, 0, 1))
+            background = torch.from_numpy(bg)[None].float().to(self.device)
+        self.stage1.set_sparse(True, mask_override=torch.stack(masks)[:, None].to(self.device),
+                               background=background)
+        return True
 
     # -- construction helpers -----------------------------------------------------------------
     @classmethod
@@ -194,6 +223,8 @@ class PoseEstimator:
         """Start a new sequence: forget identities and filter state."""
         self._frame_index = 0
         self._stream = self.new_stream() if self.tracking else None
+        if getattr(self, "_gate", None) is not None:
+            self._gate.reset()
 
     def new_stream(self) -> "Stage3Stream":
         """Stage III state for one video stream (a server keeps one per client)."""
@@ -222,10 +253,11 @@ class PoseEstimator:
             t1 = time.perf_counter()
             hm, paf, enc = self._ort.stage1(x)
         else:
+            gated = self._gate_batch(inputs) if self._gate is not None else None
             x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
             t1 = time.perf_counter()
             out = self.stage1(x)
-            masks = self._last_masks()
+            masks = self._last_masks(gated, len(inputs))
             hm = out.heatmaps.float().cpu().numpy()
             paf = out.pafs.float().cpu().numpy()
             enc = out.enc3d.float().cpu().numpy()
@@ -245,9 +277,14 @@ class PoseEstimator:
                 results[-1].dynconv_mask = boxes[i].mask_to_frame(masks[i], fw, fh)
         return results
 
-    def _last_masks(self) -> np.ndarray | None:
+    def _last_masks(self, gated: bool | None, n: int) -> np.ndarray | None:
         """The stride-8 DynConv masks (N x H/8 x W/8) of the last Stage I forward, if it had any."""
         net = self.stage1
+        if gated is not None:  # motion masks; all cells while warming up
+            if not gated:
+                w, h = self.input_size
+                return np.ones((n, h // STRIDE, w // STRIDE), np.float32)
+            return net.sparse_stats.mask[:, 0].float().cpu().numpy()
         if not net.cfg.dynconv:
             return None
         stats = net.sparse_stats if self.dynconv else None

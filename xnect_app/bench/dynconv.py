@@ -209,7 +209,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                       json_out: str | Path | None = None, estimator=None, start: int = 0,
                       threads: int | None = None, margin: int = 2,
                       dense_above: float | None = None, fill: str = "background",
-                      first_block: int | None = None) -> dict[str, Any]:
+                      first_block: int | None = None, mask_source: str = "oracle") -> dict[str, Any]:
     """Sparse vs dense Stage I on `frames` frames of `video` at the estimator's input size.
 
     Args:
@@ -226,6 +226,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             features of the median background image) or "zero" (what DynConv training uses).
         first_block: first masked SelecSLS block with the oracle mask (default: the config's
             `dynconv_from`; 0 makes everything after the stem sparse).
+        mask_source: for networks without a mask unit: "oracle" (median of the whole clip) or
+            "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
+            past frames; it sees `warmup` frames before the timed ones).
     Returns the report dict (also what is written to json_out).
     """
     if threads:
@@ -240,13 +243,31 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     size = est.input_size
     if not Path(video).is_file():
         raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    if mask_source not in ("oracle", "motion"):
+        raise ValueError(f"mask_source must be 'oracle' or 'motion', not {mask_source!r}")
+    causal = not learned and mask_source == "motion"
+    gate = None
+    if causal:  # the gate first sees the frames before the timed ones (its warm-up)
+        from ..motion_mask import MotionGate
+        gate = MotionGate(size, margin=margin)
+        start = max(start, gate.warmup + 1)
+        for f in read_frames(video, gate.warmup + 1, start - gate.warmup - 1):
+            gate.update(letterbox(f, size)[0])
     clip = read_frames(video, frames + 1, start)
     if len(clip) < 2:
         raise UserError(f"{video}: fewer than 2 frames from frame {start}")
     if fill not in ("background", "zero"):
         raise ValueError(f"fill must be 'background' or 'zero', not {fill!r}")
     oracle = background = None
-    if not learned:
+    state: dict[str, Any] = {}
+    if causal:
+        def oracle(image):  # noqa: F811 - the causal mask takes the oracle's place
+            m = gate.update(image)
+            if gate.background_due() and fill == "background":
+                state["background"] = torch.from_numpy(
+                    np.ascontiguousarray(gate.background().transpose(2, 0, 1)))[None].float().to(est.device)
+            return m
+    elif not learned:
         bg = median_background(video, size)
         oracle = MotionMask(bg, margin=margin, budget=budget)
         if fill == "background":
@@ -258,7 +279,8 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         return est.detect_batch([frame])[0]
 
     def sparse(frame, mask):
-        net.set_sparse(True, mask, dense_above, background, None if learned else first_block)
+        fill_image = state.get("background", background) if causal else background
+        net.set_sparse(True, mask, dense_above, fill_image, None if learned else first_block)
         return est.detect_batch([frame])[0]
 
     rows: list[dict[str, Any]] = []
@@ -293,6 +315,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         hook.remove()
     net.set_sparse(False, None, background=None)
     report = _report(rows, est, learned, budget, margin, video, load_before, torch.get_num_threads())
+    if causal:
+        report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: MOG2 background of past frames only, "
+                          f"margin {margin} cells), what --dynconv-mask motion runs")
     report["fill"] = "zero (learned mask)" if learned else fill
     report["first_masked_block"] = net.first_masked_block if learned or first_block is None else first_block
     if json_out:
@@ -446,6 +471,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--first-block", type=_count, default=None, metavar="I",
                    help="first masked SelecSLS block with the oracle mask (default: the model's "
                         "dynconv_from, 2; 0 = everything after the stem)")
+    p.add_argument("--mask", choices=("oracle", "motion"), default="oracle",
+                   help="for weights without a mask unit: the oracle motion mask (whole-clip median) or "
+                        "the causal motion mask of --dynconv-mask motion (default %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
     p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
@@ -472,7 +500,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames:
         report = run_dynconv_bench(args.video, args.frames, args.budget, None, est, args.start,
                                    args.threads, args.margin, args.dense_above, args.fill,
-                                   args.first_block)
+                                   args.first_block, args.mask)
     if args.sweep:
         report["sweep"] = run_break_even_sweep(est.stage1, est.input_size)
     if args.frames:

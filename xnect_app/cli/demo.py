@@ -113,8 +113,8 @@ def run(args: argparse.Namespace) -> int:
     if source.live:  # opened only to fail fast; reopen after the model loads, without a backlog
         source.close()
     est = build_estimator(**estimator_kwargs(args, tracking=not is_images))
-    if args.show_mask and not (est.stage1 is not None and est.stage1.cfg.dynconv):
-        raise UserError(f"--show-mask: the weights {est.model_name!r} have no DynConv mask unit")
+    if args.show_mask and not (est.dynconv or (est.stage1 is not None and est.stage1.cfg.dynconv)):
+        raise UserError("--show-mask needs --dynconv (or weights with a DynConv mask unit)")
     if source.live:
         try:
             source.open()

@@ -65,8 +65,11 @@ def add_dynconv_args(group) -> None:
     group.add_argument("--dynconv", action="store_true",
                        help="DynConv: compute Stage I only where the mask unit expects people (needs "
                             "weights trained with `xnect-train stage1 --dynconv`)")
+    group.add_argument("--dynconv-mask", choices=("learned", "motion"), default="learned",
+                       help="with --dynconv: where the mask comes from: the weights' mask unit (default) or "
+                            "motion against a learned background (static cameras; any weights)")
     group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
-                       help="with --dynconv: compute at most this share of the frame (a cost cap)")
+                       help="with --dynconv (learned masks): compute at most this share of the frame")
 
 
 def fraction(text: str) -> float:
@@ -85,7 +88,7 @@ def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         raise UserError("--dynconv-budget needs --dynconv")
     if not getattr(args, "dynconv", False):
         return {}
-    return {"dynconv": True, "dynconv_budget": args.dynconv_budget}
+    return {"dynconv": getattr(args, "dynconv_mask", "learned"), "dynconv_budget": args.dynconv_budget}
 
 
 def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:

@@ -1,0 +1,85 @@
+"""Causal motion masks for DynConv on a static camera (`PoseEstimator(dynconv="motion")`).
+
+A mask source for networks trained without a DynConv mask unit. The background is the per-pixel
+median of frames sampled from the past (a ring buffer); a stride-8 cell is active when enough of
+its pixels differ from it, and active cells grow by `margin` cells (still limbs, context). Inactive
+cells of the masked blocks get the features of the background image
+(`SparseStage1.set_background`), which is what a dense pass computes there while the background
+holds. Only past frames are used (unlike the benchmark's oracle mask, a median over the whole
+clip). Limits: static cameras only; someone who stands still for longer than the buffer spans
+becomes background; a moving camera makes everything active (the dense fallback then runs).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+from .nn import dynconv
+from .nn.stage1 import STRIDE
+
+
+class MotionGate:
+    """Per-stream motion mask and background.
+
+    Args:
+        size: network input (width, height).
+        warmup: frames run dense while the first background forms.
+        margin: dilation of the moving cells, in cells.
+        threshold: grey-level difference from the background that counts as motion.
+        cell_fraction: share of a cell's pixels that must move.
+        sample_every: a frame enters the background buffer every this many frames.
+        samples: frames in the buffer (the background's memory: samples * sample_every frames).
+        refresh: most frames between background updates (each update costs one dense pass of the
+            backbone for the features); updates come sooner at first (doubling intervals).
+    """
+
+    def __init__(self, size: tuple[int, int], warmup: int = 24, margin: int = 2, threshold: int = 25,
+                 cell_fraction: float = 0.05, sample_every: int = 4, samples: int = 25, refresh: int = 200):
+        self.size = size
+        self.warmup, self.margin, self.threshold, self.cell_fraction = warmup, margin, threshold, cell_fraction
+        self.sample_every, self.samples, self.refresh = sample_every, samples, refresh
+        self.reset()
+
+    def reset(self) -> None:
+        self._buffer: list[np.ndarray] = []
+        self._seen = 0
+        self._background: np.ndarray | None = None
+        self._grey: np.ndarray | None = None
+        self._next_update = self.warmup
+        self._fresh = False  # a new background whose features the network has not taken yet
+
+    def update(self, image: np.ndarray) -> torch.Tensor | None:
+        """Feed one letterboxed network-size BGR frame; its stride-8 mask (H/8 x W/8 float), or
+        None while warming up (run that frame dense)."""
+        if self._seen % self.sample_every == 0:
+            self._buffer.append(image.copy())
+            del self._buffer[:-self.samples]
+        self._seen += 1
+        if self._seen > self._next_update:
+            self._background = np.median(np.stack(self._buffer), 0).astype(np.uint8)
+            self._grey = _grey(self._background)
+            self._fresh = True
+            interval = self._next_update
+            self._next_update += min(self.refresh, max(interval, 1))
+        if self._background is None:
+            return None
+        moving = (cv2.absdiff(_grey(image), self._grey) > self.threshold).astype(np.uint8)
+        moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+        h, w = moving.shape
+        cells = moving[: h // STRIDE * STRIDE, : w // STRIDE * STRIDE].reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE)
+        active = torch.from_numpy((cells.mean((1, 3)) >= self.cell_fraction).astype(np.float32))
+        return dynconv.dilate(active[None, None], self.margin)[0, 0]
+
+    def background_due(self) -> bool:
+        """A new background image is ready for the network (`background()`)."""
+        return self._fresh
+
+    def background(self) -> np.ndarray:
+        """The current background image (network size, BGR)."""
+        self._fresh = False
+        return self._background
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    return cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (5, 5), 0)
