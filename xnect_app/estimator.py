@@ -23,13 +23,14 @@ import numpy as np
 import torch
 
 from . import skeleton
+from .assets import asset_dir
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
 from .types import FrameResult, Intrinsics, Person
 
 _logger = logging.getLogger(__name__)
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+MODELS_DIR = asset_dir("models")
 DEFAULT_WEIGHTS = "xnect_selecsls60.pt"
 # Horizontal field of view assumed when the camera is unknown; typical of webcams and phones.
 DEFAULT_FOV_DEG = 60.0

@@ -7,13 +7,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..assets import asset_dir
+
 if TYPE_CHECKING:
     from .broadcast import Broadcaster
     from .session import Session
     from .worker import InferenceWorker
 
 MiB = 1 << 20
-DEFAULT_WEB_DIR = Path(__file__).resolve().parents[2] / "web"
+DEFAULT_WEB_DIR = asset_dir("web")
 
 
 @dataclass(frozen=True)
