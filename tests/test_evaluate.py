@@ -1,12 +1,11 @@
 """COCO AP / PCK and the MuPoTS 3D protocol helpers."""
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from xnect_app.train.evaluate import coco_ap, evaluate_coco, load_coco_json, mupots_errors, pck, pck3d_summary
-from xnect_app.types import FrameResult, Person
+from xnect_app.types import FrameResult
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
 pytestmark = pytest.mark.skipif(not COCO_DEV.is_dir(), reason="needs ../shared/data/coco_dev")

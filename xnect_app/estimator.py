@@ -22,7 +22,6 @@ import cv2
 import numpy as np
 import torch
 
-from . import skeleton
 from .assets import asset_dir
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net

@@ -43,7 +43,8 @@ import numpy as np
 import torch
 
 from .. import skeleton
-from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction,
+                              run_cli)
 from ..estimator import letterbox
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
@@ -258,18 +259,20 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         raise UserError(f"{video}: fewer than 2 frames from frame {start}")
     if fill not in ("background", "zero"):
         raise ValueError(f"fill must be 'background' or 'zero', not {fill!r}")
-    oracle = background = None
+    background = None
+    mask_for = None  # letterboxed frame -> stride-8 mask; None: the network's own mask unit
     state: dict[str, Any] = {}
     if causal:
-        def oracle(image):  # noqa: F811 - the causal mask takes the oracle's place
+        def causal_mask(image):
             m = gate.update(image)
             if gate.background_due() and fill == "background":
                 state["background"] = torch.from_numpy(
                     np.ascontiguousarray(gate.background().transpose(2, 0, 1)))[None].float().to(est.device)
             return m
+        mask_for = causal_mask
     elif not learned:
         bg = median_background(video, size)
-        oracle = MotionMask(bg, margin=margin, budget=budget)
+        mask_for = MotionMask(bg, margin=margin, budget=budget)
         if fill == "background":
             background = torch.from_numpy(bg).permute(2, 0, 1)[None].float().to(est.device)
     load_before = _loadavg()
@@ -287,12 +290,12 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     maps: list = []  # the Stage I outputs of this frame, in run order
     with torch.inference_mode():
         first = clip[0]
-        m0 = None if learned else oracle(letterbox(first, size)[0])
+        m0 = None if learned else mask_for(letterbox(first, size)[0])
         dense(first), sparse(first, m0)  # warm-up: oneDNN primitives, executor build
         hook = net.register_forward_hook(lambda _m, _i, out: maps.append(out))
         for i, frame in enumerate(clip[1:]):
             maps.clear()
-            mask, mask_ms, _ = _timed(lambda: None if learned else oracle(letterbox(frame, size)[0]))
+            mask, mask_ms, _ = _timed(lambda: None if learned else mask_for(letterbox(frame, size)[0]))
             order = ("dense", "sparse") if i % 2 == 0 else ("sparse", "dense")
             got = {}
             for mode in order:
@@ -432,16 +435,6 @@ def format_report(rep: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- command line
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v} must be in (0, 1]")
-    return v
-
-
 def _count(text: str) -> int:
     try:
         v = int(text)
@@ -460,7 +453,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="clip (default demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
     p.add_argument("--frames", type=_count, default=60, help="timed frames (default %(default)s)")
     p.add_argument("--start", type=_count, default=0, help="first frame of the clip")
-    p.add_argument("--budget", type=_fraction, default=1.0,
+    p.add_argument("--budget", type=fraction, default=1.0,
                    help="most cells the oracle mask may activate, a fraction (default: no cap)")
     p.add_argument("--margin", type=_count, default=2, help="oracle mask dilation in cells (default 2)")
     p.add_argument("--dense-above", type=float, default=None, metavar="F",
@@ -514,16 +507,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        fail("xnect-bench dynconv", str(e))
-    except (ValueError, OSError) as e:
-        fail("xnect-bench dynconv", str(e))
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("xnect-bench dynconv", build_parser(), run, argv, user_errors=(ValueError, OSError))
 
 
 if __name__ == "__main__":

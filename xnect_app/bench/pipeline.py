@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
 LOG = logging.getLogger(__name__)
@@ -199,14 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        fail("xnect-bench pipeline", str(e))
-    except KeyboardInterrupt:
-        return 130
+    return run_cli("xnect-bench pipeline", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

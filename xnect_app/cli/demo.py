@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from .model_args import positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from .model_args import positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, run_cli
 
 PROG = "xnect-demo"
 EXIT_DAMAGED_INPUT = 3
@@ -184,15 +184,7 @@ class _StatusPrinter:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        fail(PROG, str(e))
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    return run_cli(PROG, build_parser(), run, argv, say_interrupted=True)
 
 
 if __name__ == "__main__":

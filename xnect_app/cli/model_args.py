@@ -136,6 +136,23 @@ def build_estimator(**kw: Any):
         raise
 
 
+def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv: list[str] | None = None,
+            user_errors: tuple[type[BaseException], ...] = (), say_interrupted: bool = False) -> int:
+    """Parse argv and call run(args): UserError (and `user_errors`) become a one-line error with
+    exit status 1, Ctrl-C exits with 130."""
+    import logging
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (UserError, *user_errors) as e:
+        fail(prog, str(e))
+    except KeyboardInterrupt:
+        if say_interrupted:
+            print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
 class UserError(Exception):
     """A mistake the user can fix; reported as one line, never a traceback."""
 
