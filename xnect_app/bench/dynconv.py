@@ -319,7 +319,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     net.set_sparse(False, None, background=None)
     report = _report(rows, est, learned, budget, margin, video, load_before, torch.get_num_threads())
     if causal:
-        report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: MOG2 background of past frames only, "
+        report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: median background of past frames only, "
                           f"margin {margin} cells), what --dynconv-mask motion runs")
     report["fill"] = "zero (learned mask)" if learned else fill
     report["first_masked_block"] = net.first_masked_block if learned or first_block is None else first_block
