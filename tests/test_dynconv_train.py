@@ -22,6 +22,14 @@ VIDEO = DATA / "videos"
 pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _restore_threads():
+    """The trainer sets torch's thread count (threads=1 below); later test modules expect the default."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dense_weights(tmp_path_factory) -> Path:
     """A dense Stage I weights file, as `xnect-train export` writes it."""
