@@ -66,6 +66,8 @@ def test_dynconv_training_starts_from_dense_weights_and_logs_the_cost_share(dync
     dense = torch.load(dense_weights, weights_only=True)["stage1"]
     moved = [k for k, v in dense.items() if v.is_floating_point() and not torch.equal(v, ck["model"][k])]
     assert moved, "the pose network did not train"
+    groups = {g["name"]: g["lr"] for g in ck["optimizer"]["param_groups"]}
+    assert groups["mask_unit"] == pytest.approx(groups["net"] * 1e-2 / 5e-4)  # the mask unit's own rate
     epochs = [json.loads(line) for line in (dynconv_run / "log.jsonl").read_text().splitlines()]
     assert epochs[-1]["step"] == 11
     for e in epochs:

@@ -60,6 +60,9 @@ class TrainConfig:
     # goes with; 1000 puts the budget push on a background cell at ~0.1 of a joint cell's pull.
     dynconv_weight: float = 1000.0
     dynconv_epochs: int = 10       # schedule length: per-layer bounds open by 33%, noise off at 80%
+    # The mask unit's own learning rate: it starts saturated (bias 3, all cells on), and at the
+    # network's 5e-4 (let alone 5e-5) Adam would need thousands of steps to move it at all.
+    dynconv_lr: float = 1e-2
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
@@ -119,7 +122,12 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.net = Stage1Net(Stage1Config(backbone=cfg.backbone, dynconv=cfg.dynconv,
                                           dynconv_budget=cfg.dynconv_budget)).to(self.device)
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        mask_params = list(self.net.mask_unit.parameters()) if cfg.dynconv else []
+        mask_ids = {id(p) for p in mask_params}
+        groups = [{"params": [p for p in self.net.parameters() if id(p) not in mask_ids], "name": "net"}]
+        if mask_params:
+            groups.append({"params": mask_params, "name": "mask_unit", "weight_decay": 0.0})
+        self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.step = 0
         self.warmup_from = 0
         self.dynconv_start = 0  # step at which mask training began (its schedule counts from there)
@@ -238,6 +246,8 @@ class Trainer:
             for imgs, targets in loader:
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)
+                    if g.get("name") == "mask_unit":
+                        g["lr"] *= cfg.dynconv_lr / cfg.lr
                 imgs = imgs.to(self.device)
                 targets = {k: v.to(self.device) for k, v in targets.items()}
                 if cfg.dynconv:
