@@ -185,7 +185,7 @@ def _moving_square_frames(n: int = 30, size=(320, 192)) -> list[np.ndarray]:
 
 def test_motion_gate_marks_the_moving_thing_after_warm_up():
     from xnect_app.motion_mask import MotionGate
-    gate = MotionGate((320, 192), warmup=10)
+    gate = MotionGate(warmup=10)
     frames = _moving_square_frames(25)
     masks = [gate.update(f) for f in frames]
     assert all(m is None for m in masks[:10])

@@ -183,7 +183,7 @@ class PoseEstimator:
             if not self.tracking:
                 raise ValueError("motion masks need a video or camera stream, not independent images")
             from .motion_mask import MotionGate
-            self._gate = MotionGate(self.input_size)
+            self._gate = MotionGate()
             return
         if not self.stage1.cfg.dynconv:
             raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit; train one with "
@@ -198,10 +198,7 @@ class PoseEstimator:
         if any(m is None for m in masks):
             self.stage1.set_sparse(False, mask_override=None)
             return False
-        background: Any = False
-        if self._gate.background_due():
-            bg = np.ascontiguousarray(self._gate.background().transpose(2, 0, 1))
-            background = torch.from_numpy(bg)[None].float().to(self.device)
+        background: Any = self._gate.background_tensor(self.device) if self._gate.background_due() else False
         self.stage1.set_sparse(True, mask_override=torch.stack(masks)[:, None].to(self.device),
                                background=background)
         return True

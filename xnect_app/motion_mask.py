@@ -23,7 +23,6 @@ class MotionGate:
     """Per-stream motion mask and background.
 
     Args:
-        size: network input (width, height).
         warmup: frames run dense while the first background forms.
         margin: dilation of the moving cells, in cells.
         threshold: grey-level difference from the background that counts as motion.
@@ -34,9 +33,8 @@ class MotionGate:
             backbone for the features); updates come sooner at first (doubling intervals).
     """
 
-    def __init__(self, size: tuple[int, int], warmup: int = 24, margin: int = 2, threshold: int = 25,
+    def __init__(self, warmup: int = 24, margin: int = 2, threshold: int = 25,
                  cell_fraction: float = 0.05, sample_every: int = 4, samples: int = 25, refresh: int = 200):
-        self.size = size
         self.warmup, self.margin, self.threshold, self.cell_fraction = warmup, margin, threshold, cell_fraction
         self.sample_every, self.samples, self.refresh = sample_every, samples, refresh
         self.reset()
@@ -58,17 +56,14 @@ class MotionGate:
         self._seen += 1
         if self._seen > self._next_update:
             self._background = np.median(np.stack(self._buffer), 0).astype(np.uint8)
-            self._grey = _grey(self._background)
+            self._grey = blurred_grey(self._background)
             self._fresh = True
             interval = self._next_update
             self._next_update += min(self.refresh, max(interval, 1))
         if self._background is None:
             return None
-        moving = (cv2.absdiff(_grey(image), self._grey) > self.threshold).astype(np.uint8)
-        moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        h, w = moving.shape
-        cells = moving[: h // STRIDE * STRIDE, : w // STRIDE * STRIDE].reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE)
-        active = torch.from_numpy((cells.mean((1, 3)) >= self.cell_fraction).astype(np.float32))
+        share = moving_share_per_cell(blurred_grey(image), self._grey, self.threshold)
+        active = torch.from_numpy((share >= self.cell_fraction).astype(np.float32))
         return dynconv.dilate(active[None, None], self.margin)[0, 0]
 
     def background_due(self) -> bool:
@@ -80,6 +75,21 @@ class MotionGate:
         self._fresh = False
         return self._background
 
+    def background_tensor(self, device: torch.device | str = "cpu") -> torch.Tensor:
+        """`background()` as the 1 x 3 x H x W float image `Stage1Net.set_sparse` takes."""
+        bg = np.ascontiguousarray(self.background().transpose(2, 0, 1))
+        return torch.from_numpy(bg)[None].float().to(device)
 
-def _grey(image: np.ndarray) -> np.ndarray:
+
+def blurred_grey(image: np.ndarray) -> np.ndarray:
     return cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (5, 5), 0)
+
+
+def moving_share_per_cell(grey: np.ndarray, background_grey: np.ndarray, threshold: int) -> np.ndarray:
+    """Share of each stride-8 cell's pixels that differ from the background by more than
+    `threshold` grey levels (after a 3x3 opening that drops single-pixel noise): H/8 x W/8."""
+    moving = (cv2.absdiff(grey, background_grey) > threshold).astype(np.uint8)
+    moving = cv2.morphologyEx(moving, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
+    h, w = moving.shape
+    cells = moving[: h // STRIDE * STRIDE, : w // STRIDE * STRIDE].reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE)
+    return cells.mean((1, 3))

@@ -46,6 +46,7 @@ from .. import skeleton
 from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction,
                               run_cli)
 from ..estimator import letterbox
+from ..motion_mask import MotionGate, blurred_grey, moving_share_per_cell
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 
@@ -72,16 +73,14 @@ class MotionMask:
 
     def __init__(self, background: np.ndarray, threshold: int = 25, cell_fraction: float = 0.05,
                  margin: int = 2, budget: float = 1.0):
-        self.background = _grey(background)
+        self.background = blurred_grey(background)
         self.threshold, self.cell_fraction = threshold, cell_fraction
         self.margin, self.budget = margin, budget
 
     def __call__(self, image: np.ndarray) -> torch.Tensor:
-        fg = (cv2.absdiff(_grey(image), self.background) > self.threshold).astype(np.uint8)
-        fg = cv2.morphologyEx(fg, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
-        h, w = fg.shape
-        score = fg.reshape(h // STRIDE, STRIDE, w // STRIDE, STRIDE).mean((1, 3))
-        score = torch.from_numpy(score).float().flatten()
+        share = moving_share_per_cell(blurred_grey(image), self.background, self.threshold)
+        h, w = share.shape[0] * STRIDE, share.shape[1] * STRIDE
+        score = torch.from_numpy(share).float().flatten()
         order = torch.argsort(score, descending=True, stable=True)
         active = int((score >= self.cell_fraction).sum())
 
@@ -97,10 +96,6 @@ class MotionMask:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if float(grown(mid).mean()) <= self.budget else (lo, mid)
         return grown(lo)
-
-
-def _grey(image: np.ndarray) -> np.ndarray:
-    return cv2.GaussianBlur(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (5, 5), 0)
 
 
 def read_frames(video: str | Path, count: int, start: int = 0) -> list[np.ndarray]:
@@ -249,8 +244,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     causal = not learned and mask_source == "motion"
     gate = None
     if causal:  # the gate first sees the frames before the timed ones (its warm-up)
-        from ..motion_mask import MotionGate
-        gate = MotionGate(size, margin=margin)
+        gate = MotionGate(margin=margin)
         start = max(start, gate.warmup + 1)
         for f in read_frames(video, gate.warmup + 1, start - gate.warmup - 1):
             gate.update(letterbox(f, size)[0])
@@ -266,8 +260,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         def causal_mask(image):
             m = gate.update(image)
             if gate.background_due() and fill == "background":
-                state["background"] = torch.from_numpy(
-                    np.ascontiguousarray(gate.background().transpose(2, 0, 1)))[None].float().to(est.device)
+                state["background"] = gate.background_tensor(est.device)
             return m
         mask_for = causal_mask
     elif not learned:
