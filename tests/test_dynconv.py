@@ -140,6 +140,27 @@ def test_background_fill_is_exact_too_and_changes_the_inactive_cells(net42):
     net42.set_sparse(False, None, dense_above=dynconv.DENSE_ABOVE, background=None)
 
 
+@pytest.mark.parametrize("first_block", [0, 2])
+def test_a_frame_equal_to_the_background_gives_the_dense_result_for_any_mask(first_block):
+    """Motion masks on a static scene: skipped cells (blocks and output maps) hold what a dense
+    pass computes there, so people and objects standing still are not lost."""
+    torch.manual_seed(3)
+    net = Stage1Net(Stage1Config(backbone="selecsls42b")).eval()
+    _randomise_bn(net)
+    x = _image(n=1, seed=7)
+    mask = torch.zeros(12, 20)
+    mask[2:6, 12:16] = 1
+    with torch.no_grad():
+        dense = net(x)
+        for above in (2.0, -1.0):  # sparse path, masked-dense fallback
+            net.set_sparse(True, mask_override=mask, dense_above=above, background=x, first_block=first_block)
+            _close(dense, net(x), tol=1e-4)
+        net.set_sparse(True, mask_override=mask, dense_above=2.0, background=None)
+        zero_fill = net(x)
+    assert (zero_fill.heatmaps[..., 0, 0] == 0).all()  # off the mask: nothing without a background
+    net.set_sparse(False, None)
+
+
 def test_learned_mask_drives_the_sparse_path_and_an_empty_mask_gives_empty_maps(net42):
     x = _image(seed=6)
     with torch.no_grad():

@@ -501,9 +501,10 @@ class SparseStage1:
     sparse (or masked-dense when the executed cost share is above `dense_above`). The result
     equals `Stage1Net`'s masked-dense forward with the same mask (eval mode).
 
-    Inactive cells of masked blocks hold 0 (the training semantics), or, after
-    `set_background(image)`, the features of that image (an empty view of a static scene): then
-    they approximate what a dense pass would compute there, for networks not trained with masks.
+    Inactive cells of masked blocks and of the output maps hold 0 (the training semantics), or,
+    after `set_background(image)`, what a dense pass computes on that image (an empty view of a
+    static scene): for networks not trained with masks, the skipped cells then keep what a dense
+    pass finds there while the background holds (static people and objects included).
 
     Build it once per set of weights (`Stage1Net.set_sparse` does); it snapshots the weights.
     """
@@ -526,11 +527,12 @@ class SparseStage1:
         self._head_cost = head_costs(net, torch.zeros(1, 1, 1, 1))
         self._fill: dict[int, torch.Tensor] | None = None  # block -> NCHW background features
         self._fill_rows: dict[tuple[int, int], torch.Tensor] = {}  # (block, batch) -> NHWC rows
+        self._fill_out: tuple[torch.Tensor, torch.Tensor] | None = None  # background (maps, enc3d)
 
     @torch.no_grad()
     def set_background(self, image: torch.Tensor | None) -> None:
         """Fill inactive cells with the dense features of `image` (1 x 3 x H x W BGR 0..255); None: zeros."""
-        self._fill, self._fill_rows = None, {}
+        self._fill, self._fill_rows, self._fill_out = None, {}, None
         if image is None:
             return
         feats = [self.core.stem(self.net.normalise(image))]
@@ -539,6 +541,7 @@ class SparseStage1:
             feats = block(feats)
             fill[i] = feats[0]
         self._fill = fill
+        self._fill_out = self._dense_heads(fill[self.stride8_index], feats[0])
 
     def _fill_for(self, i: int, ref: torch.Tensor) -> torch.Tensor | None:
         if self._fill is None:
@@ -603,13 +606,18 @@ class SparseStage1:
             out2, enc = self._sparse(feats, f8, levels)
         else:
             out2, enc = self._masked_dense(feats, f8, levels)
+        if self._fill_out is not None:
+            bg2, bg3 = self._fill_out
+            if bg2.shape[-2:] != out2.shape[-2:]:
+                raise ValueError("the background image does not have the input's size")
+            off = 1 - levels[8][0]
+            out2, enc = out2 + bg2 * off, enc + bg3 * off
         self.last = SparseStats(float(m8.mean()), cost, use_sparse, m8)
         j = self.num_joints
         return out2[:, :j], out2[:, j:], enc
 
     def _masked_dense(self, feats: list[torch.Tensor], f8: torch.Tensor | None,
                       levels: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from .stage1 import _match
         for i in range(self.first_masked, len(self.blocks)):
             feats = self.core.features[i](feats)
             m = levels[self.reductions[i]][0]
@@ -620,14 +628,18 @@ class SparseStage1:
             feats = [out, out] if self.blocks[i].is_first else [out, feats[1]]
             if i == self.stride8_index:
                 f8 = out
-        f16 = feats[0]
+        m8 = levels[8][0]
+        out2, enc = self._dense_heads(f8, feats[0])
+        return out2 * m8, enc * m8
+
+    def _dense_heads(self, f8: torch.Tensor, f16: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from .stage1 import _match
         h = self.heads
         u2 = _match(h.b2d_up(h.b2d_reduce(f16)), f8)
         y2 = h.b2d_conv2(h.b2d_conv1(torch.cat([u2, h.b2d_skip8(f8)], 1)))
         y3 = h.b3d_conv1(_match(h.b3d_up(h.b3d_reduce(f16)), f8))
         y3 = h.b3d_conv2(h.b3d_merge(torch.cat([u2, y3], 1)))
-        m8 = levels[8][0]
-        return h.b2d_out(y2) * m8, h.b3d_out(y3) * m8
+        return h.b2d_out(y2), h.b3d_out(y3)
 
     def _sparse(self, feats: list[torch.Tensor], f8_dense: torch.Tensor | None,
                 levels: dict) -> tuple[torch.Tensor, torch.Tensor]:

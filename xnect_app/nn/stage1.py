@@ -152,9 +152,9 @@ class Stage1Net(nn.Module):
             dense_above: cost share above which the masked-dense fallback runs (default
                 `dynconv.DENSE_ABOVE`).
             background: an image of the empty scene (1 x 3 x H x W, BGR 0..255): inactive cells of
-                masked blocks get its features instead of zeros (the sparse executor and its dense
-                fallback; for networks not trained with DynConv, on a static camera); None clears
-                it, False keeps it.
+                masked blocks and of the output maps get what a dense pass computes on it, not
+                zeros (the sparse executor and its dense fallback; for networks not trained with
+                DynConv, on a static camera); None clears it, False keeps it.
             first_block: first masked SelecSLS block when the mask is `mask_override` (default
                 `cfg.dynconv_from`; earlier = more of the network sparse).
         The executor snapshots the weights (BN folded); `train()`, `eval()` and `load_state_dict`
