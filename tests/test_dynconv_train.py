@@ -213,6 +213,7 @@ def test_motion_masked_estimator_runs_dense_then_sparse_on_a_video_stream():
     assert shares[-1] < 0.5                   # then only around the moving square
     stats = est.stage1.sparse_stats
     assert stats is not None and stats.sparse
+    assert est.stage1.first_masked_block == 0  # motion masks need no features: all blocks sparse
     est.reset()                               # a new stream warms up again
     assert est(frames[0]).dynconv_mask.mean() == 1.0
 

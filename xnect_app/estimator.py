@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from .assets import asset_dir
+from .motion_mask import FIRST_MASKED_BLOCK
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
 from .types import FrameResult, Intrinsics, Person
@@ -200,7 +201,7 @@ class PoseEstimator:
             return False
         background: Any = self._gate.background_tensor(self.device) if self._gate.background_due() else False
         self.stage1.set_sparse(True, mask_override=torch.stack(masks)[:, None].to(self.device),
-                               background=background)
+                               background=background, first_block=FIRST_MASKED_BLOCK)
         return True
 
     # -- construction helpers -----------------------------------------------------------------

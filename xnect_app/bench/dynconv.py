@@ -46,7 +46,7 @@ from .. import skeleton
 from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction,
                               run_cli)
 from ..estimator import letterbox
-from ..motion_mask import MotionGate, blurred_grey, moving_share_per_cell
+from ..motion_mask import FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 
@@ -220,8 +220,8 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         dense_above: override of the dense-fallback threshold (cost share).
         fill: what inactive cells of masked blocks hold with the oracle mask: "background" (the
             features of the median background image) or "zero" (what DynConv training uses).
-        first_block: first masked SelecSLS block with the oracle mask (default: the config's
-            `dynconv_from`; 0 makes everything after the stem sparse).
+        first_block: first masked SelecSLS block with a motion mask (default
+            `motion_mask.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
         mask_source: for networks without a mask unit: "oracle" (median of the whole clip) or
             "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
             past frames; it sees `warmup` frames before the timed ones).
@@ -236,6 +236,8 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     est.reset()
     net = est.stage1
     learned = bool(net.cfg.dynconv)
+    if first_block is None:
+        first_block = FIRST_MASKED_BLOCK
     size = est.input_size
     if not Path(video).is_file():
         raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
@@ -315,7 +317,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: median background of past frames only, "
                           f"margin {margin} cells), what --dynconv-mask motion runs")
     report["fill"] = "zero (learned mask)" if learned else fill
-    report["first_masked_block"] = net.first_masked_block if learned or first_block is None else first_block
+    report["first_masked_block"] = net.first_masked_block if learned else first_block
     if json_out:
         from ..io.sinks import atomic_write_text
         atomic_write_text(Path(json_out), json.dumps(report, indent=1) + "\n")
@@ -455,8 +457,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="inactive cells of masked blocks (oracle mask): features of the median "
                         "background image, or zeros as in DynConv training (default %(default)s)")
     p.add_argument("--first-block", type=_count, default=None, metavar="I",
-                   help="first masked SelecSLS block with the oracle mask (default: the model's "
-                        "dynconv_from, 2; 0 = everything after the stem)")
+                   help="first masked SelecSLS block with a motion mask (default 0 = everything "
+                        "after the stem, as --dynconv-mask motion runs)")
     p.add_argument("--mask", choices=("oracle", "motion"), default="oracle",
                    help="for weights without a mask unit: the oracle motion mask (whole-clip median) or "
                         "the causal motion mask of --dynconv-mask motion (default %(default)s)")

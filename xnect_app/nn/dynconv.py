@@ -219,10 +219,17 @@ class Grid(NamedTuple):
         return self.n * self.h * self.w
 
 
-class Positions(NamedTuple):
-    """Active cells of a grid as sorted flat indices n*H*W + y*W + x."""
-    grid: Grid
-    idx: torch.Tensor
+class Positions:
+    """Active cells of a grid as sorted flat indices n*H*W + y*W + x.
+
+    Index tables derived from it (conv taps, the grid -> row table, row lookups) are memoised on
+    the object: a forward pass builds its position sets once and every layer on them reuses them.
+    """
+    __slots__ = ("grid", "idx", "_memo")
+
+    def __init__(self, grid: Grid, idx: torch.Tensor):
+        self.grid, self.idx = grid, idx
+        self._memo: dict = {}
 
     @classmethod
     def from_mask(cls, mask: torch.Tensor) -> "Positions":
@@ -233,6 +240,12 @@ class Positions(NamedTuple):
     def count(self) -> int:
         return int(self.idx.numel())
 
+    def memo(self, key: tuple, make):
+        """`make()`, computed once per key for this position set."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
+
     def decode(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         hw = self.grid.h * self.grid.w
         n = torch.div(self.idx, hw, rounding_mode="floor")
@@ -240,39 +253,48 @@ class Positions(NamedTuple):
         y = torch.div(rem, self.grid.w, rounding_mode="floor")
         return n, y, rem - y * self.grid.w
 
+    def table(self) -> torch.Tensor:
+        """grid.size + 1 entries: the row of each cell, `count` (the zero row) for the others."""
+        def make():
+            t = torch.full((self.grid.size + 1,), self.count, dtype=torch.long)
+            t[self.idx] = torch.arange(self.count)
+            return t
+        return self.memo(("table",), make)
+
     def rows_of(self, subset: "Positions") -> torch.Tensor:
         """Row numbers of `subset`'s cells (which must all be in self) in self's order."""
-        return torch.searchsorted(self.idx, subset.idx)
+        # the subset is kept in the value so that its id cannot be reused while memoised
+        return self.memo(("rows_of", id(subset)), lambda: (subset, torch.searchsorted(self.idx, subset.idx)))[1]
 
 
 def conv_taps(out: Positions, src: Grid, kernel: int, stride: int) -> torch.Tensor:
     """n x k*k flat source indices read by a k x k 'same'-padded conv; padding -> src.size."""
-    n, y, x = out.decode()
-    off = torch.arange(kernel) - kernel // 2
-    yy = y[:, None] * stride + off
-    xx = x[:, None] * stride + off
-    flat = (n[:, None, None] * src.h + yy[:, :, None]) * src.w + xx[:, None, :]
-    valid = ((yy >= 0) & (yy < src.h))[:, :, None] & ((xx >= 0) & (xx < src.w))[:, None, :]
-    return torch.where(valid, flat, src.size).reshape(-1, kernel * kernel)
+    def make():
+        n, y, x = out.decode()
+        off = torch.arange(kernel) - kernel // 2
+        yy = y[:, None] * stride + off
+        xx = x[:, None] * stride + off
+        flat = (n[:, None, None] * src.h + yy[:, :, None]) * src.w + xx[:, None, :]
+        valid = ((yy >= 0) & (yy < src.h))[:, :, None] & ((xx >= 0) & (xx < src.w))[:, None, :]
+        return torch.where(valid, flat, src.size).reshape(-1, kernel * kernel)
+    return out.memo(("taps", src, kernel, stride), make)
 
 
 class SparseMap:
     """Feature rows of some cells of a grid; every other cell (and padding) reads as zero.
 
-    rows: (count + 1) x C with a zero last row; table: grid.size + 1 entries mapping a cell (or the
-    padding index grid.size) to its row, the zero row when the cell was not computed.
+    rows: (count + 1) x C with a zero last row; pos: the cells the rows hold, in order (None: the
+    rows are the whole grid in order, a dense map, plus the zero row).
     """
 
-    def __init__(self, grid: Grid, rows: torch.Tensor, table: torch.Tensor | None):
+    def __init__(self, grid: Grid, rows: torch.Tensor, pos: Positions | None):
         self.grid = grid
         self.rows = rows
-        self.table = table  # None: rows are the whole grid in order (a dense map)
+        self.pos = pos
 
     @classmethod
     def from_rows(cls, pos: Positions, rows: torch.Tensor) -> "SparseMap":
-        table = torch.full((pos.grid.size + 1,), pos.count, dtype=torch.long)
-        table[pos.idx] = torch.arange(pos.count)
-        return cls(pos.grid, rows, table)
+        return cls(pos.grid, rows, pos)
 
     @classmethod
     def from_dense(cls, x: torch.Tensor) -> "SparseMap":
@@ -289,14 +311,22 @@ class SparseMap:
     def gather(self, flat: torch.Tensor) -> torch.Tensor:
         """Rows of the cells `flat` (any shape, flattened; grid.size = padding -> zeros)."""
         flat = flat.reshape(-1)
-        return self.rows.index_select(0, flat if self.table is None else self.table[flat])
+        return self.rows.index_select(0, flat if self.pos is None else self.pos.table()[flat])
+
+    def gather_taps(self, out: Positions, kernel: int, stride: int) -> torch.Tensor:
+        """`gather(conv_taps(out, grid, kernel, stride))`, the row indices memoised on `out`."""
+        def make():
+            taps = conv_taps(out, self.grid, kernel, stride).reshape(-1)
+            return (self.pos, taps if self.pos is None else self.pos.table()[taps])
+        key = ("rows", self.grid, id(self.pos), kernel, stride)
+        return self.rows.index_select(0, out.memo(key, make)[1])
 
     def to_dense(self) -> torch.Tensor:
         g = self.grid
-        if self.table is None:
+        if self.pos is None:
             dense = self.rows[:-1]
         else:
-            dense = self.rows.index_select(0, self.table[:-1])
+            dense = self.rows.index_select(0, self.pos.table()[:-1])
         return dense.view(g.n, g.h, g.w, -1).permute(0, 3, 1, 2).contiguous()
 
 
@@ -333,10 +363,8 @@ class SparseConv:
         return out
 
     def __call__(self, src: SparseMap, out: Positions) -> torch.Tensor:
-        if self.kernel == 1 and self.stride == 1:
-            cols = src.gather(out.idx)
-        else:
-            cols = src.gather(conv_taps(out, src.grid, self.kernel, self.stride))
+        cols = src.gather_taps(out, self.kernel, self.stride)
+        if self.kernel > 1:
             cols = cols.view(out.count, self.kernel * self.kernel * self.in_chs)
         return self.mm(cols)
 
@@ -369,22 +397,32 @@ class SparseDeconv2x:
         self.offsets = {p: torch.tensor([d for d, _ in _DECONV_TAPS[p]]) for p in (0, 1)}
         self.bias = bias.detach().to(weight.dtype).contiguous()
 
-    def __call__(self, src: SparseMap, out: Positions) -> torch.Tensor:
+    def _plan(self, src: SparseMap, out: Positions) -> list[tuple[tuple[int, int], torch.Tensor, torch.Tensor]]:
+        """Per output parity: (parity, output rows, flat input rows of the 2x2 windows)."""
         n, y, x = out.decode()
         g = src.grid
+        plan = []
+        for py in (0, 1):
+            for px in (0, 1):
+                sel = ((y % 2 == py) & (x % 2 == px)).nonzero().flatten()
+                if sel.numel() == 0:
+                    continue
+                iy = torch.div(y[sel], 2, rounding_mode="floor")[:, None] + self.offsets[py]
+                ix = torch.div(x[sel], 2, rounding_mode="floor")[:, None] + self.offsets[px]
+                flat = (n[sel, None, None] * g.h + iy[:, :, None]) * g.w + ix[:, None, :]
+                valid = ((iy >= 0) & (iy < g.h))[:, :, None] & ((ix >= 0) & (ix < g.w))[:, None, :]
+                flat = torch.where(valid, flat, g.size).reshape(-1)
+                plan.append(((py, px), sel, flat if src.pos is None else src.pos.table()[flat]))
+        return plan
+
+    def __call__(self, src: SparseMap, out: Positions) -> torch.Tensor:
+        key = ("deconv2x", src.grid, id(src.pos))
+        plan = out.memo(key, lambda: (src.pos, self._plan(src, out)))[1]
         res = _new_rows(out.count, self.out_chs, src.rows)
-        for (py, px), w in self.weights.items():
-            sel = ((y % 2 == py) & (x % 2 == px)).nonzero().flatten()
-            if sel.numel() == 0:
-                continue
-            iy = torch.div(y[sel], 2, rounding_mode="floor")[:, None] + self.offsets[py]
-            ix = torch.div(x[sel], 2, rounding_mode="floor")[:, None] + self.offsets[px]
-            flat = (n[sel, None, None] * g.h + iy[:, :, None]) * g.w + ix[:, None, :]
-            valid = ((iy >= 0) & (iy < g.h))[:, :, None] & ((ix >= 0) & (ix < g.w))[:, None, :]
-            flat = torch.where(valid, flat, g.size)
+        for parity, sel, rows in plan:
             m = sel.numel()
-            cols = src.gather(flat).view(m, 4, self.groups, self.in_g).permute(2, 0, 1, 3)
-            y_g = torch.bmm(cols.reshape(self.groups, m, 4 * self.in_g), w)  # G x m x Cout/G
+            cols = src.rows.index_select(0, rows).view(m, 4, self.groups, self.in_g).permute(2, 0, 1, 3)
+            y_g = torch.bmm(cols.reshape(self.groups, m, 4 * self.in_g), self.weights[parity])  # G x m x Cout/G
             res[sel] = y_g.permute(1, 0, 2).reshape(m, self.out_chs)
         body = res[:-1]
         body.add_(self.bias)
