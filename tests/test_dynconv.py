@@ -362,3 +362,22 @@ def test_oks_agreement_is_one_for_identical_people_and_drops_with_displacement()
     assert frame_agreement([p], [p])[0] == pytest.approx(1.0)
     assert frame_agreement([p], [p, q])[0] == pytest.approx(0.5)
     assert frame_agreement([], []) == (1.0, [])
+
+
+def test_bench_reports_sparse_vs_dense_with_the_causal_motion_mask_and_the_stability_yardstick(tmp_path, capsys):
+    import json
+
+    from server_helpers import clip_path
+    from xnect_app.bench.dynconv import main
+    out = tmp_path / "dyn.json"
+    rc = main(["--video", str(clip_path()), "--frames", "3", "--mask", "motion", "--stability",
+               "--random-weights", "--backbone", "selecsls42b", "--input-size", "192x320", "--threads", "1",
+               "--json", str(out)])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["frames"] == 3 and rep["first_masked_block"] == 0 and "CAUSAL" in rep["mask"]
+    assert 0 < rep["active_fraction"] < 1 and rep["stage1"]["speedup"] > 0
+    assert set(rep["stability"]) == {"jpeg95", "shift_1px"}
+    assert all(0 <= v["oks_mean_per_frame"] <= 1 for v in rep["stability"].values())
+    text = capsys.readouterr().out
+    assert "dense vs dense on the frame jpeg95" in text and "speed-up" in text

@@ -163,6 +163,20 @@ def frame_agreement(dense: list, sparse: list) -> tuple[float, list[float]]:
     return sum(matched) / max(len(dense), len(sparse)), matched
 
 
+def _jpeg95(image: np.ndarray) -> np.ndarray:
+    return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], cv2.IMREAD_COLOR)
+
+
+# Changes of a frame a viewer cannot see, for the dense model's own stability (`stability=True`).
+IMPERCEPTIBLE_CHANGES = {"jpeg95": _jpeg95, "shift_1px": lambda image: np.roll(image, 1, axis=1)}
+
+
+def _agreement(per_frame: list[tuple[float, list[float]]]) -> dict[str, float | None]:
+    matched = [v for _, m in per_frame for v in m]
+    return {"oks_mean_per_frame": round(statistics.mean(a for a, _ in per_frame), 4),
+            "oks_mean_matched": round(statistics.mean(matched), 4) if matched else None}
+
+
 def map_errors(dense, sparse, mask: torch.Tensor, margin: int) -> dict[str, float]:
     """Relative L2 error ||sparse - dense|| / ||dense|| of each Stage I map on the mask's cells and
     on its core (the mask eroded by `margin`: where the oracle saw motion)."""
@@ -205,7 +219,8 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                       json_out: str | Path | None = None, estimator=None, start: int = 0,
                       threads: int | None = None, margin: int = 2,
                       dense_above: float | None = None, fill: str = "background",
-                      first_block: int | None = None, mask_source: str = "oracle") -> dict[str, Any]:
+                      first_block: int | None = None, mask_source: str = "oracle",
+                      stability: bool = False) -> dict[str, Any]:
     """Sparse vs dense Stage I on `frames` frames of `video` at the estimator's input size.
 
     Args:
@@ -225,6 +240,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         mask_source: for networks without a mask unit: "oracle" (median of the whole clip) or
             "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
             past frames; it sees `warmup` frames before the timed ones).
+        stability: also compare dense with dense on the same frame slightly changed (re-encoded
+            as JPEG quality 95; shifted by one pixel), untimed: how far the model's own output
+            moves under changes a viewer cannot see, the yardstick for the sparse agreement.
     Returns the report dict (also what is written to json_out).
     """
     if threads:
@@ -300,6 +318,10 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             out = dict(zip(order, maps))
             errors = map_errors(out["dense"], out["sparse"], st.mask, margin if not learned else 0)
             agree, matched = frame_agreement(got["dense"][0].people, got["sparse"][0].people)
+            if stability:
+                net.set_sparse(False, None)
+                floor = {name: frame_agreement(got["dense"][0].people, est.detect_batch([change(frame)])[0].people)
+                         for name, change in IMPERCEPTIBLE_CHANGES.items()}
             rows.append({
                 "frame": start + 1 + i, "active": st.active, "cost_fraction": st.cost_fraction,
                 "sparse_path": st.sparse, "mask_ms": mask_ms,
@@ -309,6 +331,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                 "sparse_stage1_ms": got["sparse"][0].timings_ms["stage1"],
                 "people_dense": len(got["dense"][0].people), "people_sparse": len(got["sparse"][0].people),
                 "oks_frame": agree, "oks_matched": matched, "map_errors": errors,
+                **({"stability": floor} if stability else {}),
             })
         hook.remove()
     net.set_sparse(False, None, background=None)
@@ -326,7 +349,6 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
 
 def _report(rows, est, learned, budget, margin, video, load_before, threads) -> dict[str, Any]:
     col = lambda k: [r[k] for r in rows]  # noqa: E731
-    matched = [v for r in rows for v in r["oks_matched"]]
     d1, s1 = _summary(col("dense_stage1_ms")), _summary(col("sparse_stage1_ms"))
     d, s = _summary(col("dense_ms")), _summary(col("sparse_ms"))
     return {
@@ -347,11 +369,12 @@ def _report(rows, est, learned, budget, margin, video, load_before, threads) -> 
         "map_rel_error": {k: round(statistics.median(r["map_errors"][k] for r in rows), 4)
                           for k in rows[0]["map_errors"]},
         "agreement": {
-            "oks_mean_per_frame": round(statistics.mean(col("oks_frame")), 4),
-            "oks_mean_matched": round(statistics.mean(matched), 4) if matched else None,
+            **_agreement(list(zip(col("oks_frame"), col("oks_matched")))),
             "people_dense": sum(col("people_dense")), "people_sparse": sum(col("people_sparse")),
             "frames_with_people": sum(1 for r in rows if r["people_dense"] or r["people_sparse"]),
         },
+        **({"stability": {name: _agreement([r["stability"][name] for r in rows]) for name in IMPERCEPTIBLE_CHANGES}}
+           if "stability" in rows[0] else {}),
         "machine": _machine(threads), "loadavg_before": load_before, "loadavg_after": _loadavg(),
         "rows": rows,
     }
@@ -414,6 +437,8 @@ def format_report(rep: dict[str, Any]) -> str:
         f"agreement: OKS per frame {ag['oks_mean_per_frame']:.3f}, matched people "
         f"{ag['oks_mean_matched'] if ag['oks_mean_matched'] is not None else 'n/a'}; people dense "
         f"{ag['people_dense']} / sparse {ag['people_sparse']}",
+        *[f"dense vs dense on the frame {name.replace('_', ' ')}: OKS per frame {v['oks_mean_per_frame']:.3f}, "
+          f"matched people {v['oks_mean_matched']}" for name, v in rep.get("stability", {}).items()],
         "relative map error (median; active cells / motion core): " + ", ".join(
             f"{n} {rep['map_rel_error'][n + '_active']:.3f}/{rep['map_rel_error'][n + '_core']:.3f}"
             for n in ("heatmaps", "pafs", "enc3d")),
@@ -462,6 +487,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--mask", choices=("oracle", "motion"), default="oracle",
                    help="for weights without a mask unit: the oracle motion mask (whole-clip median) or "
                         "the causal motion mask of --dynconv-mask motion (default %(default)s)")
+    p.add_argument("--stability", action="store_true",
+                   help="also report dense vs dense on each frame re-encoded as JPEG 95 and shifted by "
+                        "1 px (untimed): the model's own agreement under invisible changes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
     p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
@@ -488,7 +516,7 @@ def run(args: argparse.Namespace) -> int:
     if args.frames:
         report = run_dynconv_bench(args.video, args.frames, args.budget, None, est, args.start,
                                    args.threads, args.margin, args.dense_above, args.fill,
-                                   args.first_block, args.mask)
+                                   args.first_block, args.mask, args.stability)
     if args.sweep:
         report["sweep"] = run_break_even_sweep(est.stage1, est.input_size)
     if args.frames:
