@@ -44,7 +44,7 @@ import torch
 
 from .. import skeleton
 from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction,
-                              run_cli)
+                              non_negative_int, positive_int, run_cli)
 from ..estimator import letterbox
 from ..motion_mask import FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
 from ..nn import dynconv
@@ -455,33 +455,23 @@ def format_report(rep: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- command line
 
-def _count(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{v} must be >= 0")
-    return v
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench dynconv`."""
     p = parser or argparse.ArgumentParser(prog="xnect-bench dynconv", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(DEFAULT_VIDEO),
                    help="clip (default demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
-    p.add_argument("--frames", type=_count, default=60, help="timed frames (default %(default)s)")
-    p.add_argument("--start", type=_count, default=0, help="first frame of the clip")
+    p.add_argument("--frames", type=non_negative_int, default=60, help="timed frames (default %(default)s)")
+    p.add_argument("--start", type=non_negative_int, default=0, help="first frame of the clip")
     p.add_argument("--budget", type=fraction, default=1.0,
                    help="most cells the oracle mask may activate, a fraction (default: no cap)")
-    p.add_argument("--margin", type=_count, default=2, help="oracle mask dilation in cells (default 2)")
+    p.add_argument("--margin", type=non_negative_int, default=2, help="oracle mask dilation in cells (default 2)")
     p.add_argument("--dense-above", type=float, default=None, metavar="F",
                    help=f"cost share above which the dense fallback runs (default {dynconv.DENSE_ABOVE})")
     p.add_argument("--fill", choices=("background", "zero"), default="background",
                    help="inactive cells of masked blocks (oracle mask): features of the median "
                         "background image, or zeros as in DynConv training (default %(default)s)")
-    p.add_argument("--first-block", type=_count, default=None, metavar="I",
+    p.add_argument("--first-block", type=non_negative_int, default=None, metavar="I",
                    help="first masked SelecSLS block with a motion mask (default 0 = everything "
                         "after the stem, as --dynconv-mask motion runs)")
     p.add_argument("--mask", choices=("oracle", "motion"), default="oracle",
@@ -490,7 +480,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--stability", action="store_true",
                    help="also report dense vs dense on each frame re-encoded as JPEG 95 and shifted by "
                         "1 px (untimed): the model's own agreement under invisible changes")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
     p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
@@ -500,8 +490,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench dynconv` would call)."""
-    if args.threads is not None and args.threads < 1:
-        raise UserError("--threads must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:

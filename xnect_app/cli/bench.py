@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from xnect_app.cli.model_args import OneLineParser, positive_int
+from xnect_app.cli.model_args import OneLineParser, non_negative_int, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -66,7 +66,7 @@ def add_backbone(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="batch 1 only (skips batch 16)")
     p.add_argument("--runs", type=positive_int, default=3, metavar="N",
                    help="timed runs per measurement (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=1, metavar="N",
+    p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
                    help="untimed warm-up runs (default: %(default)s)")
     p.add_argument("--threads", type=positive_int, metavar="T",
                    help="torch CPU threads (default: torch's current setting)")
@@ -90,8 +90,6 @@ def run_backbone(args: argparse.Namespace) -> int:
     from xnect_app.bench.backbone import BackboneBenchConfig, format_report, run_benchmark
     from xnect_app.nn.selecsls import resolve_name
 
-    if args.warmup < 0:
-        _fail(args, "--warmup must be >= 0")
     try:
         models = tuple(resolve_name(m.strip()) for m in args.models.split(",") if m.strip())
     except KeyError as e:
