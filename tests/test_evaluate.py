@@ -57,7 +57,57 @@ def test_mupots_errors_rescale_bones_to_the_ground_truth():
     assert s["pck3d_150"] == 50.0 and s["mpjpe"] == pytest.approx(350 / 3)
 
 
+TEACHER_DEV = Path(__file__).resolve().parents[1] / "data_cache" / "eval_teacher_coco_dev.npz"
+
+
+def _people_from_truth(data, teacher, rotate_deg=0.0, scale=1.0):
+    """An 'estimator' that returns every annotated person with the ground-truth 2D and the
+    teacher's 3D (optionally rotated about the vertical axis and scaled)."""
+    from xnect_app.train.data import coco_to_ours
+    from xnect_app.types import Person
+    a = np.radians(rotate_deg)
+    rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    names = {im["id"]: Path(im["file_name"]).name for im in data["images"]}
+    by_file = {}
+    for ann in data["annotations"]:
+        if ann.get("num_keypoints", 0) == 0 or ann.get("iscrowd", 0):
+            continue
+        lab = teacher.get(f"{names[ann['image_id']]}#{ann['id']}")
+        kp3d = lab.kp3d_mm if lab is not None and np.isfinite(lab.kp3d_mm).all() else np.zeros((21, 3))
+        kp2d = coco_to_ours(ann["keypoints"])
+        kp2d[:, 2] = (kp2d[:, 2] > 0).astype(np.float32)
+        by_file.setdefault(names[ann["image_id"]], []).append(
+            Person(track_id=-1, score=1.0, kp2d=kp2d, kp3d_rel_mm=scale * kp3d @ rot.T, kp3d_cam_mm=kp3d))
+    return by_file
+
+
+@pytest.mark.skipif(not TEACHER_DEV.is_file(), reason="needs data_cache/eval_teacher_coco_dev.npz")
+def test_teacher_3d_agreement_matches_people_and_separates_pose_from_rotation_and_scale():
+    from xnect_app.train.evaluate import procrustes_aligned
+    from xnect_app.train.teacher import TeacherLabels
+    data, _ = load_coco_json(COCO_DEV)
+    teacher = TeacherLabels.load(TEACHER_DEV)
+
+    def estimator_from(by_file):
+        order = iter(im["file_name"] for im in data["images"])
+        return lambda img: FrameResult(0, 0.0, (img.shape[1], img.shape[0]),
+                                       people=by_file.get(Path(next(order)).name, []))
+
+    exact = evaluate_coco(estimator_from(_people_from_truth(data, teacher)), COCO_DEV, TEACHER_DEV)["teacher3d"]
+    assert exact["persons"] == exact["labelled_persons"] > 20       # every labelled person found
+    assert exact["mpjpe_mm"] < 1e-3 and exact["pa_mpjpe_mm"] < 1e-3
+    assert exact["mean_pose_mpjpe_mm"] > 50                          # a constant pose is far off
+    turned = evaluate_coco(estimator_from(_people_from_truth(data, teacher, 40, 1.2)), COCO_DEV,
+                           TEACHER_DEV)["teacher3d"]
+    assert turned["mpjpe_mm"] > 100 and turned["pa_mpjpe_mm"] < 1e-3  # Procrustes undoes it
+    x = np.random.default_rng(0).normal(size=(14, 3))
+    q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))                                    # a proper rotation
+    assert np.allclose(procrustes_aligned(2 * x @ q + 5, x), x, atol=1e-9)
+
+
 @pytest.mark.parametrize("main_name, argv", [
+    ("eval", ["coco", str(COCO_DEV), "--teacher3d", "/no/such.npz"]),
     ("eval", ["coco", "/no/such/folder"]),
     ("eval", ["coco", str(COCO_DEV), "--weights", "/no/such.pt"]),
     ("eval", ["coco", str(COCO_DEV), "--input-size", "100x3"]),

@@ -6,7 +6,9 @@ Examples:
     xnect-eval coco DIR --checkpoint runs/xnect60/last.pt         # a training checkpoint
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
-bottom-up on the whole image. MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in
+bottom-up on the whole image. --teacher3d adds the root-relative 3D error against the BlazePose
+teacher's metric 3D of the same people (no 3D ground truth needed):
+    xnect-eval coco ../shared/data/coco_dev --teacher3d data_cache/eval_teacher_coco_dev.npz MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in
 xnect_app.train.evaluate for users with that dataset.
 """
 from __future__ import annotations
@@ -37,7 +39,10 @@ def _coco(a: argparse.Namespace) -> None:
                                 fit_skeleton=False, threshold=a.threshold)
     except FileNotFoundError as e:
         fail("xnect-eval", str(e), code=2)
-    res = evaluate_coco(est, a.path)
+    if a.teacher3d and not Path(a.teacher3d).is_file():
+        fail("xnect-eval", f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
+                           "--for-eval --datasets NAME makes one)", code=2)
+    res = evaluate_coco(est, a.path, teacher3d=a.teacher3d)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
     if a.json:
@@ -48,6 +53,14 @@ def _coco(a: argparse.Namespace) -> None:
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
         print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
+        t = res.get("teacher3d")
+        if t is not None:
+            if t["persons"]:
+                print(f"  3D vs teacher      MPJPE {t['mpjpe_mm']:.0f} mm (median {t['mpjpe_median_mm']:.0f}), "
+                      f"PA-MPJPE {t['pa_mpjpe_mm']:.0f} mm, one mean pose {t['mean_pose_mpjpe_mm']:.0f} mm; "
+                      f"{t['persons']} of {t['labelled_persons']} teacher-labelled people detected")
+            else:
+                print(f"  3D vs teacher      none of the {t['labelled_persons']} teacher-labelled people detected")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +73,9 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
     c.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
     c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
+    c.add_argument("--teacher3d", metavar="NPZ",
+                   help="also the 3D agreement (MPJPE, PA-MPJPE in mm) with BlazePose labels of the same "
+                        "people, e.g. data_cache/eval_teacher_coco_dev.npz")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

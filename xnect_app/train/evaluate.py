@@ -38,14 +38,18 @@ def load_coco_json(path_or_dir: str | Path) -> tuple[dict[str, Any], Path]:
     return data, jp.parent
 
 
-def predict_coco(estimator: Callable[[np.ndarray], Any], data: dict[str, Any], img_dir: Path) -> list[dict[str, Any]]:
-    """Run the estimator on every image of a COCO json; COCO-format keypoint results."""
+def predict_coco(estimator: Callable[[np.ndarray], Any], data: dict[str, Any], img_dir: Path,
+                 people_out: dict[int, list] | None = None) -> list[dict[str, Any]]:
+    """Run the estimator on every image of a COCO json; COCO-format keypoint results (and, into
+    `people_out`, the `Person`s of each image id)."""
     results = []
     for im in data["images"]:
         img = cv2.imread(str(image_path(img_dir, im["file_name"])))
         if img is None:
             raise FileNotFoundError(f"cannot read {image_path(img_dir, im['file_name'])}")
         fr = estimator(img)
+        if people_out is not None:
+            people_out[im["id"]] = list(fr.people)
         for p in fr.people:
             results.append({"image_id": im["id"], "category_id": 1,
                             "keypoints": person_to_coco17(p.kp2d), "score": float(p.score)})
@@ -133,16 +137,114 @@ def pck(gt: dict[str, Any], results: list[dict[str, Any]], alpha: float = 0.2) -
     return hit / max(total, 1)
 
 
-def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path) -> dict[str, Any]:
+def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
+                  teacher3d: str | Path | None = None) -> dict[str, Any]:
+    """COCO AP / PCK; with `teacher3d` (a teacher label file of the same people, made by
+    `python -m xnect_app.train.teacher --for-eval`) also the 3D agreement with the teacher."""
     data, img_dir = load_coco_json(coco_dir)
-    results = predict_coco(estimator, data, img_dir)
+    people: dict[int, list] = {}
+    results = predict_coco(estimator, data, img_dir, people)
     all17 = coco_ap(data, results)
     body = coco_ap(data, results, skeleton.COCO17_BODY)
     n_gt = sum(1 for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
-    return {"ap": all17["ap"], "ap50": all17["ap50"], "ar": all17["ar"],
-            "ap_body": body["ap"], "ap50_body": body["ap50"], "ar_body": body["ar"],
-            "pck_body@0.2": pck(data, results), "images": len(data["images"]), "gt_persons": n_gt,
-            "detections": len(results)}
+    out = {"ap": all17["ap"], "ap50": all17["ap50"], "ar": all17["ar"],
+           "ap_body": body["ap"], "ap50_body": body["ap50"], "ar_body": body["ar"],
+           "pck_body@0.2": pck(data, results), "images": len(data["images"]), "gt_persons": n_gt,
+           "detections": len(results)}
+    if teacher3d is not None:
+        from .teacher import TeacherLabels
+        out["teacher3d"] = teacher_3d_agreement(data, people, TeacherLabels.load(teacher3d))
+    return out
+
+
+# -- 3D agreement with the BlazePose teacher ---------------------------------------------------
+
+# Joints the teacher measures directly (or as midpoints): not the derived spine and head top, nor
+# the pelvis (zero in both after root-centring).
+TEACHER_3D_JOINTS = tuple(skeleton.JOINTS_3D.index(n) for n in (
+    "neck", "head", "r_shoulder", "r_elbow", "r_wrist", "l_shoulder", "l_elbow", "l_wrist",
+    "r_hip", "r_knee", "r_ankle", "l_hip", "l_knee", "l_ankle"))
+
+
+def procrustes_aligned(pred: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """`pred` (J x 3) after the similarity transform (scale, rotation, translation) that best fits
+    it to `ref` in the least-squares sense."""
+    mp, mr = pred.mean(0), ref.mean(0)
+    p, r = pred - mp, ref - mr
+    u, sv, vt = np.linalg.svd(p.T @ r)
+    d = np.sign(np.linalg.det(u @ vt))
+    fix = np.diag([1.0, 1.0, d])
+    rot = u @ fix @ vt
+    scale = (sv * np.diag(fix)).sum() / max(float((p ** 2).sum()), 1e-9)
+    return scale * p @ rot + mr
+
+
+def coco_oks(gt_kp: np.ndarray, pred_kp: np.ndarray, area: float) -> float:
+    """COCO OKS of a 17 x 3 prediction against a 17 x 3 ground truth (labelled joints only)."""
+    lab = gt_kp[:, 2] > 0
+    if not lab.any():
+        return 0.0
+    k2 = (2 * np.asarray(skeleton.COCO_SIGMAS)) ** 2
+    d2 = ((pred_kp[:, :2] - gt_kp[:, :2]) ** 2).sum(1)
+    e = np.exp(-d2 / (2 * max(area, 1.0) * k2))
+    e[pred_kp[:, 2] <= 0] = 0.0
+    return float(e[lab].mean())
+
+
+def teacher_3d_agreement(data: dict[str, Any], people: dict[int, list], labels,
+                         min_teacher_pck: float = 0.6, min_oks: float = 0.5) -> dict[str, Any]:
+    """Root-relative 3D of the detected people against the teacher's metric 3D of the same people.
+
+    A ground-truth person counts when the teacher found them with 2D agreeing with the ground
+    truth (PCK@0.2 >= `min_teacher_pck`, proper chirality) and a detection matches them (COCO OKS
+    >= `min_oks`, one detection per person, best first). Errors in mm over `TEACHER_3D_JOINTS`,
+    both poses pelvis-centred: MPJPE, PA-MPJPE (after a similarity Procrustes fit), and the MPJPE
+    of one constant pose (the mean teacher pose of the compared people) as the floor to beat.
+    """
+    joints = list(TEACHER_3D_JOINTS)
+    root = skeleton.ROOT_3D
+    pairs = []
+    labelled = 0
+    by_image: dict[int, list] = {}
+    for a in data["annotations"]:
+        by_image.setdefault(a["image_id"], []).append(a)
+    file_names = {im["id"]: Path(im["file_name"]).name for im in data["images"]}
+    for image_id, anns in by_image.items():
+        cands = []
+        for a in anns:
+            if a.get("iscrowd", 0) or a.get("num_keypoints", 0) == 0:
+                continue
+            lab = labels.get(f"{file_names[image_id]}#{a['id']}")  # the key train.data gives a COCO person
+            if lab is None or lab.pck < min_teacher_pck or not np.isfinite(lab.kp3d_mm).all():
+                continue
+            labelled += 1
+            gt = np.asarray(a["keypoints"], float).reshape(17, 3)
+            for i, person in enumerate(people.get(image_id, [])):
+                pred = np.asarray(person_to_coco17(person.kp2d), float).reshape(17, 3)
+                o = coco_oks(gt, pred, float(a.get("area", a["bbox"][2] * a["bbox"][3])))
+                if o >= min_oks:
+                    cands.append((o, a["id"], i, lab, person))
+        used_gt, used_det = set(), set()
+        for o, ann_id, i, lab, person in sorted(cands, key=lambda c: -c[0]):
+            if ann_id in used_gt or i in used_det:
+                continue
+            used_gt.add(ann_id)
+            used_det.add(i)
+            ours = np.asarray(person.kp3d_rel_mm, float)
+            pairs.append((ours - ours[root], lab.kp3d_mm.astype(float) - lab.kp3d_mm[root]))
+    out: dict[str, Any] = {"labelled_persons": labelled, "persons": len(pairs),
+                           "joints": [skeleton.JOINTS_3D[j] for j in joints],
+                           "min_teacher_pck": min_teacher_pck, "min_oks": min_oks}
+    if not pairs:
+        return out
+    ours = np.stack([p[0][joints] for p in pairs])
+    ref = np.stack([p[1][joints] for p in pairs])
+    err = np.linalg.norm(ours - ref, axis=2).mean(1)
+    pa = np.array([np.linalg.norm(procrustes_aligned(o, r) - r, axis=1).mean() for o, r in zip(ours, ref)])
+    const = np.linalg.norm(ref.mean(0)[None] - ref, axis=2).mean(1)
+    out.update(mpjpe_mm=float(err.mean()), mpjpe_median_mm=float(np.median(err)), pa_mpjpe_mm=float(pa.mean()),
+               mean_pose_mpjpe_mm=float(const.mean()))
+    return out
 
 
 # -- MuPoTS-3D protocol (spec §2.10) -------------------------------------------------------------

@@ -9,6 +9,8 @@ needs `mediapipe==0.10.14` (the last release that bundles the BlazePose models f
     /work/teacher_venv/bin/pip install mediapipe==0.10.14 opencv-python-headless
     PYTHONPATH=. nice -n 10 /work/teacher_venv/bin/python -m xnect_app.train.teacher \\
         --data-root ../shared/data --datasets lspet coco_train_extra --out-dir data_cache
+    # evaluation only (3D agreement in `xnect-eval coco --teacher3d`; training never reads it):
+    PYTHONPATH=. /work/teacher_venv/bin/python -m xnect_app.train.teacher --for-eval --datasets coco_dev
 
 The cache keeps the raw landmarks (33 image landmarks in pixels with visibility, 33 world
 landmarks in metres); the mapping to our joints below runs when the cache is loaded.
@@ -321,9 +323,10 @@ def compact(arrays: dict[str, np.ndarray], min_agree_mask: float = 0.5) -> dict[
 
 
 def label_dataset(records, name: str, out_dir: Path, chunk: int = 500, expand_gt_box: float = 1.25,
-                  expand_joint_box: float = 1.4, model_complexity: int = 1) -> dict:
-    """Label every GT person of `records`; resumable (chunks under out_dir/.parts/name)."""
-    parts = out_dir / ".parts" / name
+                  expand_joint_box: float = 1.4, model_complexity: int = 1, prefix: str = "teacher") -> dict:
+    """Label every GT person of `records` into out_dir/{prefix}_{name}.npz (+ .json); resumable
+    (chunks under out_dir/.parts/{prefix}_{name})."""
+    parts = out_dir / ".parts" / f"{prefix}_{name}"
     parts.mkdir(parents=True, exist_ok=True)
     runner = BlazePoseRunner(model_complexity)
     t0 = time.time()
@@ -345,7 +348,7 @@ def label_dataset(records, name: str, out_dir: Path, chunk: int = 500, expand_gt
             for k in z.files:
                 merged.setdefault(k, []).append(z[k])
     arrays = compact({k: np.concatenate(v) for k, v in merged.items()})
-    _save_npz_atomic(out_dir / f"teacher_{name}.npz", **arrays)
+    _save_npz_atomic(out_dir / f"{prefix}_{name}.npz", **arrays)
     ok = arrays["ok"]
     pck = arrays["pck"][ok]
     stats = {
@@ -357,7 +360,7 @@ def label_dataset(records, name: str, out_dir: Path, chunk: int = 500, expand_gt
         "expand_joint_box": expand_joint_box, "seconds": round(time.time() - t0, 1),
         "note": "raw landmarks; mapping to our joints (teacher.py) is applied when loading",
     }
-    meta = out_dir / f"teacher_{name}.json"
+    meta = out_dir / f"{prefix}_{name}.json"
     tmp = meta.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(stats, indent=1))
     os.replace(tmp, meta)
@@ -377,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk", type=int, default=500)
     ap.add_argument("--limit", type=int, default=None, help="only the first N images (smoke test)")
     ap.add_argument("--model-complexity", type=int, default=1, choices=(0, 1, 2))
+    ap.add_argument("--for-eval", action="store_true",
+                    help="label evaluation data (coco_dev) into eval_teacher_NAME.npz, which training "
+                         "never reads, for `xnect-eval coco --teacher3d` (3D agreement with the teacher)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
@@ -386,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     for name in args.datasets:
-        if name in data.EVAL_ONLY_SOURCES:
+        if name in data.EVAL_ONLY_SOURCES and not args.for_eval:
             print(f"error: {name} is evaluation data and is never labelled for training", file=sys.stderr)
             return 2
         root = Path(args.data_root) / name
@@ -397,7 +403,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             recs = recs[:args.limit]
         stats = label_dataset(recs, name, Path(args.out_dir), chunk=args.chunk,
-                              model_complexity=args.model_complexity)
+                              model_complexity=args.model_complexity,
+                              prefix="eval_teacher" if args.for_eval else "teacher")
         print(json.dumps(stats))
     return 0
 
