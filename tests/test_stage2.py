@@ -48,3 +48,19 @@ def test_a_short_training_run_completes_dropped_joints_better_than_the_read_out(
         opt.step()
     after = evaluate_stage2(net, val)["val_mpjpe_mm"]
     assert after < 0.75 * before, (before, after)
+
+
+def test_a_2d_only_lifter_ignores_the_3d_encodings_and_the_read_out():
+    torch.manual_seed(0)
+    f, r, v, _ = (torch.from_numpy(a) for a in make_batch(np.random.default_rng(3), 16, Stage2TrainConfig(enc_drop=0.0)))
+    lifter = Stage2Net(Stage2Config(width=64, depth=1, use_encodings=False)).eval()
+    torch.nn.init.normal_(lifter.out.weight, std=0.1)
+    scrambled = f.clone()
+    scrambled[..., :63] = torch.randn_like(scrambled[..., :63])
+    with torch.no_grad():
+        a = lifter(f, r, v)
+        b = lifter(scrambled, torch.randn_like(r), torch.ones_like(v))
+        c = lifter(f.flip(0), r.flip(0), v.flip(0))  # other people's 2D: other poses
+    torch.testing.assert_close(a, b)
+    assert (a - c.flip(0)).abs().max() < 1e-5 and (a - c).abs().max() > 1e-3
+    assert torch.allclose(a[:, skeleton.ROOT_3D], torch.zeros(16, 3))

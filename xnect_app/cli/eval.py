@@ -57,7 +57,8 @@ def _coco(a: argparse.Namespace) -> None:
         if t is not None:
             if t["persons"]:
                 print(f"  3D vs teacher      MPJPE {t['mpjpe_mm']:.0f} mm (median {t['mpjpe_median_mm']:.0f}), "
-                      f"PA-MPJPE {t['pa_mpjpe_mm']:.0f} mm, one mean pose {t['mean_pose_mpjpe_mm']:.0f} mm; "
+                      f"PA-MPJPE {t['pa_mpjpe_mm']:.0f} mm (one mean pose: {t['mean_pose_mpjpe_mm']:.0f} / "
+                      f"{t['mean_pose_pa_mpjpe_mm']:.0f} mm); "
                       f"{t['persons']} of {t['labelled_persons']} teacher-labelled people detected")
             else:
                 print(f"  3D vs teacher      none of the {t['labelled_persons']} teacher-labelled people detected")

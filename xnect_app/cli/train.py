@@ -51,7 +51,9 @@ def _stage2(a: argparse.Namespace) -> None:
     from ..train.stage2 import Stage2TrainConfig, train_stage2
 
     train_stage2(Stage2TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                                   teacher_cache=a.teacher_cache, data_root=a.data_root))
+                                   teacher_cache=a.teacher_cache, data_root=a.data_root,
+                                   enc_noise_max_m=a.enc_noise_max, enc_drop=a.enc_drop,
+                                   use_encodings=not a.no_encodings))
 
 
 def _export(a: argparse.Namespace) -> None:
@@ -112,6 +114,13 @@ def main(argv: list[str] | None = None) -> None:
     s2.add_argument("--lr", type=float, default=1e-3)
     s2.add_argument("--teacher-cache", default="data_cache")
     s2.add_argument("--data-root", default="../shared/data")
+    s2.add_argument("--enc-noise-max", type=float, default=0.3, metavar="M",
+                    help="largest per-example noise on the simulated 3D encodings, metres (default 0.3)")
+    s2.add_argument("--enc-drop", type=float, default=0.25,
+                    help="share of examples without encodings, lifted from 2D alone (default 0.25)")
+    s2.add_argument("--no-encodings", action="store_true",
+                    help="lift from the 2D joints alone, ignoring Stage I's 3D encodings (for Stage I "
+                         "weights whose 3D branch does not help yet; `xnect-eval coco --teacher3d` tells)")
     s2.set_defaults(fn=_stage2)
     ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
     ex.add_argument("--stage1", required=True)

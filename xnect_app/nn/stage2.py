@@ -3,7 +3,8 @@
 
 Input per person: for each of the 19 2D joints, the 63-channel 3D encoding sampled at that joint
 plus (u, v, confidence) with u, v normalised to the person (xnect_app.pose.readout.stage2_inputs);
-undetected joints are all zeros. Output: 21 x 3 root-relative metres.
+undetected joints are all zeros. Output: 21 x 3 root-relative metres. With
+`Stage2Config(use_encodings=False)` the encodings and the read-out are ignored: a 2D -> 3D lifter.
 
 The network predicts a residual on top of the hand-crafted read-out it is given (also an input),
 so an untrained or lightly trained Stage II starts from the read-out rather than from zero.
@@ -26,6 +27,9 @@ class Stage2Config:
     width: int = 1024
     depth: int = 3
     dropout: float = 0.1
+    # False: lift from the 2D joints (u, v, confidence) alone and ignore Stage I's 3D encodings
+    # (for Stage I weights whose 3D branch is not yet better than nothing).
+    use_encodings: bool = True
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -55,6 +59,10 @@ class Stage2Net(nn.Module):
         p = joint_feats.shape[0]
         if p == 0:
             return readout.new_zeros((0, self.cfg.num_joints_3d, 3))
+        if not self.cfg.use_encodings:
+            e = self.cfg.enc_chs
+            joint_feats = torch.cat([torch.zeros_like(joint_feats[..., :e]), joint_feats[..., e:]], -1)
+            readout_valid = torch.zeros_like(readout_valid)
         base = readout * readout_valid[..., None]
         x = torch.cat([joint_feats.reshape(p, -1), base.reshape(p, -1), readout_valid.reshape(p, -1)], 1)
         delta = self.out(self.body(x)).view(p, self.cfg.num_joints_3d, 3)

@@ -241,9 +241,11 @@ def teacher_3d_agreement(data: dict[str, Any], people: dict[int, list], labels,
     ref = np.stack([p[1][joints] for p in pairs])
     err = np.linalg.norm(ours - ref, axis=2).mean(1)
     pa = np.array([np.linalg.norm(procrustes_aligned(o, r) - r, axis=1).mean() for o, r in zip(ours, ref)])
-    const = np.linalg.norm(ref.mean(0)[None] - ref, axis=2).mean(1)
+    mean_pose = ref.mean(0)
+    const = np.linalg.norm(mean_pose[None] - ref, axis=2).mean(1)
+    const_pa = np.array([np.linalg.norm(procrustes_aligned(mean_pose, r) - r, axis=1).mean() for r in ref])
     out.update(mpjpe_mm=float(err.mean()), mpjpe_median_mm=float(np.median(err)), pa_mpjpe_mm=float(pa.mean()),
-               mean_pose_mpjpe_mm=float(const.mean()))
+               mean_pose_mpjpe_mm=float(const.mean()), mean_pose_pa_mpjpe_mm=float(const_pa.mean()))
     return out
 
 
