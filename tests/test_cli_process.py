@@ -148,6 +148,23 @@ def test_rerun_skips_complete_outputs_and_overwrite_redoes(processed):
     assert (out / "short_clip.jsonl").stat().st_mtime_ns > before["short_clip.jsonl"]
 
 
+def test_new_weights_redo_a_job_that_old_weights_finished(clips, tmp_path):
+    """An updated model (here: the bundled weights copied, then replaced) is not served stale
+    outputs: the manifest fingerprints the weights file."""
+    import shutil
+
+    from xnect_app.estimator import default_weights_path
+    weights = tmp_path / "model.pt"
+    shutil.copy(default_weights_path(), weights)
+    args = (str(clips / "short_clip.mp4"), "--out-dir", str(tmp_path / "o"), "--weights", str(weights),
+            "--input-size", "128x80", "--no-progress")
+    assert "1 done" in cli(*args).stdout
+    assert cli(*args).stdout.startswith("0 done, 1 skipped")
+    shutil.copy(default_weights_path(), weights)  # "new" weights: a fresh copy
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert "1 done" in cli(*args).stdout
+
+
 def test_workers_and_shards(clips, tmp_path):
     r = cli(str(clips / "short_clip.mp4"), str(clips / "two_people.mp4"), "--out-dir", str(tmp_path / "w"),
             "--workers", "2", "--no-progress", *FAST)

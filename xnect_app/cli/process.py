@@ -71,7 +71,27 @@ class Options:
         """What the outputs depend on, stored in the manifest to decide about skipping."""
         return {"video": self.video, "coco": self.coco, "csv": self.csv, "bvh": self.bvh,
                 "min_track_frames": self.min_track_frames,
-                "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.model.items())}}
+                "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.model.items())},
+                "weights_file": weights_fingerprint(self.model)}
+
+
+def weights_fingerprint(model: dict[str, Any]) -> str | None:
+    """Path, size and mtime of the weights (or ONNX) files the outputs come from: new weights,
+    such as an updated bundled model, make a re-run redo the job instead of skipping it."""
+    if model.get("random_init"):
+        return None
+    from ..estimator import default_weights_path
+    files = [Path(model.get("weights") or default_weights_path())]
+    if model.get("onnx_dir"):
+        files = sorted(Path(model["onnx_dir"]).glob("*"))
+    parts = []
+    for f in files:
+        try:
+            st = f.stat()
+        except OSError:
+            continue
+        parts.append(f"{os.path.realpath(f)}:{st.st_size}:{st.st_mtime_ns}")
+    return "|".join(parts) or None
 
 
 @dataclass
