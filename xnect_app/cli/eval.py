@@ -8,8 +8,9 @@ Examples:
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --teacher3d adds the root-relative 3D error against the BlazePose
 teacher's metric 3D of the same people (no 3D ground truth needed):
-    xnect-eval coco ../shared/data/coco_dev --teacher3d data_cache/eval_teacher_coco_dev.npz MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in
-xnect_app.train.evaluate for users with that dataset.
+    xnect-eval coco ../shared/data/coco_dev --teacher3d data_cache/eval_teacher_coco_dev.npz
+MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in xnect_app.train.evaluate for users
+with that dataset.
 """
 from __future__ import annotations
 
