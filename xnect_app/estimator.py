@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .assets import asset_dir
-from .motion_mask import FIRST_MASKED_BLOCK
+from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
 from .types import FrameResult, Intrinsics, Person
@@ -183,7 +183,6 @@ class PoseEstimator:
                 raise ValueError("a DynConv budget applies to learned masks, not motion masks")
             if not self.tracking:
                 raise ValueError("motion masks need a video or camera stream, not independent images")
-            from .motion_mask import MotionGate
             self._gate = MotionGate()
             return
         if not self.stage1.cfg.dynconv:

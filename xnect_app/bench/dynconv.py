@@ -49,13 +49,11 @@ from ..estimator import letterbox
 from ..motion_mask import FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
+from ..train.evaluate import coco_oks
 
 _logger = logging.getLogger(__name__)
 
 DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
-# COCO keypoint sigmas (nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles)
-COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
-                        1.07, 1.07, .87, .87, .89, .89]) / 10.0
 
 
 # --------------------------------------------------------------------------- oracle mask
@@ -137,17 +135,12 @@ def median_background(video: str | Path, size: tuple[int, int], samples: int = 2
 def oks(ref: np.ndarray, other: np.ndarray) -> float:
     """COCO OKS of `other` against `ref` (both 19 x 3 [x, y, conf]); the area is ref's box area."""
     r = ref[list(skeleton.COCO17_FROM_2D)]
-    o = other[list(skeleton.COCO17_FROM_2D)]
     seen = r[:, 2] > 0
     if not seen.any():
         return 0.0
     xy = r[seen, :2]
     area = max(float(np.ptp(xy[:, 0]) * np.ptp(xy[:, 1])), 1.0)
-    d2 = np.sum((o[seen, :2] - xy) ** 2, 1)
-    k2 = (2 * COCO_SIGMAS[seen]) ** 2
-    e = np.exp(-d2 / (2 * area * k2))
-    e[~(o[seen, 2] > 0)] = 0.0  # a joint the other side did not find scores 0
-    return float(e.mean())
+    return coco_oks(r, other[list(skeleton.COCO17_FROM_2D)], area)
 
 
 def frame_agreement(dense: list, sparse: list) -> tuple[float, list[float]]:

@@ -645,9 +645,7 @@ class SparseStage1:
         else:
             out2, enc = self._masked_dense(feats, f8, levels)
         if self._fill_out is not None:
-            bg2, bg3 = self._fill_out
-            if bg2.shape[-2:] != out2.shape[-2:]:
-                raise ValueError("the background image does not have the input's size")
+            bg2, bg3 = self._fill_out  # its size was checked with the block fills
             off = 1 - levels[8][0]
             out2, enc = out2 + bg2 * off, enc + bg3 * off
         self.last = SparseStats(float(m8.mean()), cost, use_sparse, m8)

@@ -187,7 +187,7 @@ def coco_oks(gt_kp: np.ndarray, pred_kp: np.ndarray, area: float) -> float:
     k2 = (2 * np.asarray(skeleton.COCO_SIGMAS)) ** 2
     d2 = ((pred_kp[:, :2] - gt_kp[:, :2]) ** 2).sum(1)
     e = np.exp(-d2 / (2 * max(area, 1.0) * k2))
-    e[pred_kp[:, 2] <= 0] = 0.0
+    e[~(pred_kp[:, 2] > 0)] = 0.0  # not found (confidence 0 or NaN)
     return float(e[lab].mean())
 
 
