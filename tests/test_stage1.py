@@ -30,6 +30,49 @@ def test_output_layers_are_plain_convs_so_signed_values_are_possible():
     assert (out.enc3d < 0).any()
 
 
+def _randomise_bn(net):
+    g = torch.Generator().manual_seed(0)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+
+
+def test_inference_runs_a_bn_folded_nhwc_snapshot_with_the_same_maps():
+    net = Stage1Net(Stage1Config(backbone="selecsls42b"))
+    _randomise_bn(net)
+    net.eval()
+    x = torch.rand(2, 3, 96, 128) * 255
+    with torch.no_grad():
+        net.fast_dense = False
+        ref = net(x)
+        assert net._fast_exec is None
+        net.fast_dense = True
+        got = net(x)
+    assert net._fast_exec is not None
+    assert not any(k.startswith("_fast_exec") for k in net.state_dict())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net._fast_exec.modules())
+    for a, b in zip(ref, got):
+        assert b.is_contiguous()
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    # with autograd on (e.g. gradients w.r.t. the input) the modules themselves run
+    xg = x.clone().requires_grad_(True)
+    net(xg).heatmaps.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    # new weights drop the snapshot, so it never runs stale weights
+    net.load_state_dict(Stage1Net(Stage1Config(backbone="selecsls42b")).state_dict())
+    assert net._fast_exec is None
+    with torch.no_grad():
+        net.fast_dense = False
+        ref = net(x)
+        net.fast_dense = True
+        torch.testing.assert_close(net(x).pafs, ref.pafs, rtol=1e-4, atol=1e-5)
+    net.train()
+    assert net._fast_exec is None
+
+
 def test_masks_switch_off_joint_types_the_source_does_not_label_and_ignored_people():
     labelled = np.ones(19, bool)
     labelled[0] = False  # e.g. COCO has no head top

@@ -3,10 +3,11 @@
 Every variant is a full PoseEstimator (letterbox -> Stage I -> numpy decoding -> Stage II), so
 the speed and the accuracy are those a user gets:
 
-  fp32            the model as loaded, torch eager
+  fp32            the model's modules as they are, torch eager (Stage1Net.fast_dense off)
   fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
   fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)
-  channels-last   fused+pruned with NHWC memory format
+  channels-last   fused+pruned with NHWC memory format (PoseEstimator's default torch path
+                  is this without pruning: Stage1Net.fast_dense)
   compiled        fused+pruned under torch.compile (inductor; compile time reported apart)
   ort             ONNX Runtime fp32 (graph optimisations on; it fuses BN itself)
   ort-int8        ONNX Runtime static int8 (QDQ, per-channel weights), calibrated on real
@@ -40,7 +41,7 @@ from torch import nn
 
 from ..cli.model_args import UserError, fail, input_size
 from ..estimator import PoseEstimator, default_weights_path, letterbox, load_weights
-from ..nn.selecsls import fuse_bn, fuse_conv_bn, prune
+from ..nn.selecsls import prune
 from ..nn.stage1 import Stage1Config, Stage1Net
 
 _logger = logging.getLogger(__name__)
@@ -73,12 +74,16 @@ class FastpathConfig:
 
 def fused_stage1(net: Stage1Net, gamma_thresh: float | None = None) -> Stage1Net:
     """A copy of Stage I with BN folded everywhere (and the core pruned when gamma_thresh)."""
+    out = net.fused()
+    if gamma_thresh is not None:
+        out.core = prune(net.core, gamma_thresh)
+    return out
+
+
+def eager_stage1(net: Stage1Net) -> Stage1Net:
+    """A copy that runs its modules as they are (no folded NHWC snapshot)."""
     out = copy.deepcopy(net).eval()
-    out.core = fuse_bn(net.core) if gamma_thresh is None else prune(net.core, gamma_thresh)
-    for name, mod in list(out.named_children()):
-        if (isinstance(mod, nn.Sequential) and len(mod) == 3 and isinstance(mod[0], nn.Conv2d)
-                and isinstance(mod[1], nn.BatchNorm2d)):
-            setattr(out, name, nn.Sequential(fuse_conv_bn(mod[0], mod[1]), nn.Identity(), mod[2]))
+    out.fast_dense = False
     return out
 
 
@@ -164,7 +169,7 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
         return pruned
 
     builders: dict[str, Callable[[], tuple[PoseEstimator, dict[str, Any]]]] = {
-        "fp32": lambda: (PoseEstimator.from_networks(stage1, stage2, _name=name, **kw), {}),
+        "fp32": lambda: (PoseEstimator.from_networks(eager_stage1(stage1), stage2, _name=name, **kw), {}),
         "fused": lambda: (PoseEstimator.from_networks(fused_stage1(stage1), stage2, _name=name, **kw), {}),
         "fused+pruned": lambda: (
             PoseEstimator.from_networks(get_pruned(), stage2, _name=name, **kw),
