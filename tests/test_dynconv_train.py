@@ -218,6 +218,36 @@ def test_motion_masked_estimator_runs_dense_then_sparse_on_a_video_stream():
     assert est(frames[0]).dynconv_mask.mean() == 1.0
 
 
+def test_motion_masks_follow_each_stream_of_a_shared_batch():
+    """A server batches frames of several static cameras: each stream keeps its own motion gate and
+    background, so a stream's results do not change when others share its batches."""
+    frames_a = _moving_square_frames(34)
+    frames_b = [np.ascontiguousarray(f[::-1, ::-1]) for f in frames_a]  # another scene, other motion
+    torch.manual_seed(0)
+    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion",
+                        fit_skeleton=False)
+    maps = []
+    est.stage1.register_forward_hook(lambda mod, inp, out: maps.append(out.heatmaps.clone()))
+    alone = [est.detect_batch([f], streams=["a"])[0] for f in frames_a]
+    maps_alone, maps[:] = list(maps), []
+    est.forget_stream("a")
+    mixed = [est.detect_batch([fa, fb], streams=["a", "b"]) for fa, fb in zip(frames_a, frames_b)]
+    assert alone[0].computed_share == 1.0 and mixed[0][1].computed_share == 1.0  # warm-up: dense
+    assert alone[-1].computed_share < 0.5 and mixed[-1][1].computed_share < 0.5  # then sparse
+    assert est.stage1.sparse_stats.sparse
+    for i, (solo, (ra, rb)) in enumerate(zip(alone, mixed)):
+        assert np.array_equal(solo.dynconv_mask, ra.dynconv_mask)
+        torch.testing.assert_close(maps[2 * i], maps_alone[i], rtol=1e-5, atol=1e-6)
+    xa, xb = 20 + 6 * 33, 320 - (20 + 6 * 33) - 40   # where each square is in the last frame
+    last_a, last_b = mixed[-1][0].dynconv_mask, mixed[-1][1].dynconv_mask
+    assert last_a[60:140, xa:xa + 40].all() and last_b[192 - 140:192 - 60, xb:xb + 40].all()
+    assert not np.array_equal(last_a, last_b)
+    est.forget_stream("b")                    # a client that left: its next frame warms up again
+    assert est.detect_batch([frames_b[0]], streams=["b"])[0].computed_share == 1.0
+    with pytest.raises(ValueError, match="streams"):
+        est.detect_batch(frames_a[:2], streams=["a"])
+
+
 def test_motion_masks_need_a_stream_and_no_budget():
     with pytest.raises(ValueError, match="stream"):
         PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", tracking=False)

@@ -92,6 +92,33 @@ def test_real_frames_get_poses(server, frames):
         assert status["clients"] == 1 and status["worker"]["frames_done"] >= 3
 
 
+def test_motion_masks_follow_each_client():
+    """`--dynconv --dynconv-mask motion`: every client (a static camera) gets its own background;
+    after the warm-up only the moving part of each one's frames is computed."""
+    clips = {"a": [jpeg(f) for f in read_frames("two_people_courtyard.mp4", n=30, width=270)],
+             "b": [jpeg(f) for f in read_frames("one_person_courtyard.mp4", n=30, width=270)]}
+    shares: dict[str, list[float]] = {"a": [], "b": []}
+    with LiveServer("--dynconv", "--dynconv-mask", "motion") as srv, \
+            connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws_a, \
+            connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws_b:
+        clients = {"a": ws_a, "b": ws_b}
+        for ws in clients.values():
+            assert recv_json(ws)["type"] == "meta"
+        for i in range(30):
+            for name, ws in clients.items():
+                ws.send(schemas.pack_frame(i, 0, clips[name][i]))
+            for name, ws in clients.items():
+                msg = recv_json(ws)
+                assert msg["type"] == "poses" and msg["frame_id"] == i
+                shares[name].append(msg["computed_share"])
+        log = srv.log_path.read_text()
+        assert "Traceback" not in log, log[-3000:]
+    for name in clients:
+        assert shares[name][0] == 1.0                       # warm-up frames run dense
+        assert 0.0 < shares[name][-1] < 0.6, shares[name]   # then the courtyard's movers only
+    assert shares["a"][-1] != shares["b"][-1]               # each client its own mask
+
+
 def test_origin_checked_on_handshake(server):
     with pytest.raises(InvalidStatus) as refused:
         with connect(f"{server.ws_base}/ws/capture", origin="http://evil.example", open_timeout=30):

@@ -16,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Hashable, Sequence
 
 import cv2
 import numpy as np
@@ -192,16 +192,30 @@ class PoseEstimator:
         self.stage1.dynconv_max_active = None if budget is None else float(budget)
         self.stage1.set_sparse(True)
 
-    def _gate_batch(self, inputs: list[np.ndarray]) -> bool:
-        """Motion masks for a batch of consecutive frames; False when it must run dense (warm-up)."""
-        masks = [self._gate.update(img) for img in inputs]
+    def _gate_batch(self, inputs: list[np.ndarray], stream: Hashable | None = None) -> bool:
+        """Motion masks for a batch of consecutive frames of one stream; False when it must run
+        dense (warm-up)."""
+        gate = self._gate if stream is None else self._stream_gate(stream)
+        masks = [gate.update(img) for img in inputs]
         if any(m is None for m in masks):
             self.stage1.set_sparse(False, mask_override=None)
             return False
-        background: Any = self._gate.background_tensor(self.device) if self._gate.background_due() else False
+        if gate.background_due():
+            gate.network_background = gate.background_tensor(self.device)
         self.stage1.set_sparse(True, mask_override=torch.stack(masks)[:, None].to(self.device),
-                               background=background, first_block=FIRST_MASKED_BLOCK)
+                               background=gate.network_background, first_block=FIRST_MASKED_BLOCK)
         return True
+
+    def _stream_gate(self, stream: Hashable) -> MotionGate:
+        gate = self._stream_gates.get(stream)
+        if gate is None:
+            gate = self._stream_gates[stream] = MotionGate()
+        return gate
+
+    def forget_stream(self, stream: Hashable) -> None:
+        """Drop the motion-mask state of one stream of `detect_batch(..., streams=...)` (a client
+        that left or restarts); its next frame warms up again."""
+        self._stream_gates.pop(stream, None)
 
     # -- construction helpers -----------------------------------------------------------------
     @classmethod
@@ -222,6 +236,7 @@ class PoseEstimator:
         self._stream = self.new_stream() if self.tracking else None
         if getattr(self, "_gate", None) is not None:
             self._gate.reset()
+        self._stream_gates: dict[Hashable, MotionGate] = {}
 
     def new_stream(self) -> "Stage3Stream":
         """Stage III state for one video stream (a server keeps one per client)."""
@@ -232,10 +247,19 @@ class PoseEstimator:
 
     # -- inference ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def detect_batch(self, frames: Sequence[np.ndarray]) -> list[FrameResult]:
-        """Stage I + II and root translation for several frames at once; no tracking."""
+    def detect_batch(self, frames: Sequence[np.ndarray],
+                     streams: Sequence[Hashable] | None = None) -> list[FrameResult]:
+        """Stage I + II and root translation for several frames at once; no tracking.
+
+        streams: the stream (client, camera) of each frame, for motion masks
+        (dynconv="motion"): each stream then has its own motion gate and background, so frames of
+        several static cameras can share a batch (`forget_stream` drops one). Without it, all
+        frames are taken as consecutive frames of one stream.
+        """
         if not frames:
             return []
+        if streams is not None and len(streams) != len(frames):
+            raise ValueError(f"{len(frames)} frames but {len(streams)} streams")
         t0 = time.perf_counter()
         boxes, inputs = [], []
         for f in frames:
@@ -249,9 +273,19 @@ class PoseEstimator:
             x = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
             t1 = time.perf_counter()
             hm, paf, enc = self._ort.stage1(x)
+        elif self._gate is not None and streams is not None:
+            # motion masks per stream: each frame is its own sparse pass with its stream's background
+            t1 = time.perf_counter()
+            maps, mask_rows = [], []
+            for img, stream in zip(inputs, streams):
+                gated = self._gate_batch([img], stream)
+                maps.append(self.stage1(self._to_tensor([img])))
+                mask_rows.append(self._last_masks(gated, 1))
+            hm, paf, enc = (torch.cat(m).float().cpu().numpy() for m in zip(*maps))
+            masks = np.concatenate(mask_rows)
         else:
             gated = self._gate_batch(inputs) if self._gate is not None else None
-            x = torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
+            x = self._to_tensor(inputs)
             t1 = time.perf_counter()
             out = self.stage1(x)
             masks = self._last_masks(gated, len(inputs))
@@ -272,7 +306,11 @@ class PoseEstimator:
                             "decode": (t_end - t_dec) * 1000}))
             if masks is not None:
                 results[-1].dynconv_mask = boxes[i].mask_to_frame(masks[i], fw, fh)
+                results[-1].computed_share = float((masks[i] > 0).mean())
         return results
+
+    def _to_tensor(self, inputs: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()
 
     def _last_masks(self, gated: bool | None, n: int) -> np.ndarray | None:
         """The stride-8 DynConv masks (N x H/8 x W/8) of the last Stage I forward, if it had any."""

@@ -50,6 +50,7 @@ class MotionGate:
         self._grey: np.ndarray | None = None
         self._next_update = self.warmup
         self._fresh = False  # a new background whose features the network has not taken yet
+        self.network_background: torch.Tensor | None = None  # the image the network holds features of
 
     def update(self, image: np.ndarray) -> torch.Tensor | None:
         """Feed one letterboxed network-size BGR frame; its stride-8 mask (H/8 x W/8 float), or

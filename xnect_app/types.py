@@ -123,6 +123,8 @@ class FrameResult:
     # DynConv: cells Stage I computed (frame-size uint8, 1 = active); None without DynConv. Not
     # part of the JSON record.
     dynconv_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # DynConv: share of the network input's cells Stage I computed (1.0 when it ran dense).
+    computed_share: float | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-lines frame record (architecture guide contract)."""

@@ -44,7 +44,8 @@ function showStats(msg, latencyMs) {
   stats.latencyMs = latencyMs;
   $("fps").textContent = stats.fps.toFixed(1);
   $("latency").textContent = latencyMs === null ? "–" : `${latencyMs.toFixed(0)} ms`;
-  $("server-ms").textContent = `${msg.server_ms.infer.toFixed(0)} ms infer (batch ${msg.batch_size})`;
+  const sparse = msg.computed_share == null ? "" : `, ${(100 * msg.computed_share).toFixed(0)}% computed`;
+  $("server-ms").textContent = `${msg.server_ms.infer.toFixed(0)} ms infer (batch ${msg.batch_size}${sparse})`;
   $("people").textContent = msg.people.length;
   $("dropped").textContent = stats.dropped;
 }

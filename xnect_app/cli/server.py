@@ -96,8 +96,6 @@ def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
         extra.update(dynconv_kwargs(args))
     except UserError as e:
         raise ValueError(str(e)) from None
-    if extra.get("dynconv") == "motion":
-        raise ValueError("--dynconv-mask motion follows one video stream; the server mixes many (use learned masks)")
     return PoseEstimator(weights=args.weights, backbone=args.backbone, input_size=input_size,
                          device=args.device, random_init=args.random_weights,
                          tracking=True, fit_skeleton=not args.no_skeleton_fit, **extra)

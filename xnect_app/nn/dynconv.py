@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import NamedTuple, Sequence
 
@@ -45,6 +46,8 @@ _logger = logging.getLogger(__name__)
 # Measured break-even (`python -m xnect_app.bench.dynconv --sweep`, SelecSLS-60, 512x320, 1 thread
 # of a Xeon with AVX-512): sparse/dense time 0.94 at a share of 0.63, 1.03 at 0.71.
 DENSE_ABOVE = 0.65
+# Background images whose dense features a sparse executor keeps (one per stream that takes turns).
+BACKGROUND_CACHE = 16
 
 
 # --------------------------------------------------------------------------- masks
@@ -566,12 +569,22 @@ class SparseStage1:
         self._fill: dict[int, torch.Tensor] | None = None  # block -> NCHW background features
         self._fill_rows: dict[tuple[int, int], torch.Tensor] = {}  # (block, batch) -> NHWC rows
         self._fill_out: tuple[torch.Tensor, torch.Tensor] | None = None  # background (maps, enc3d)
+        self._backgrounds: OrderedDict[int, tuple] = OrderedDict()  # id(image) -> (image, fills)
 
     @torch.no_grad()
     def set_background(self, image: torch.Tensor | None) -> None:
-        """Fill inactive cells with the dense features of `image` (1 x 3 x H x W BGR 0..255); None: zeros."""
+        """Fill inactive cells with the dense features of `image` (1 x 3 x H x W BGR 0..255); None: zeros.
+
+        The features of the last `BACKGROUND_CACHE` image tensors are kept, so streams that take
+        turns (a server's clients, each with its own background) switch without a dense pass.
+        """
         self._fill, self._fill_rows, self._fill_out = None, {}, None
         if image is None:
+            return
+        hit = self._backgrounds.get(id(image))
+        if hit is not None and hit[0] is image:  # the entry holds the tensor, so its id is not reused
+            self._backgrounds.move_to_end(id(image))
+            _, self._fill, self._fill_rows, self._fill_out = hit
             return
         feats = [self.core.stem(self.net.normalise(image))]
         fill = {}
@@ -580,6 +593,9 @@ class SparseStage1:
             fill[i] = feats[0]
         self._fill = fill
         self._fill_out = self._dense_heads(fill[self.stride8_index], feats[0])
+        self._backgrounds[id(image)] = (image, self._fill, self._fill_rows, self._fill_out)
+        while len(self._backgrounds) > BACKGROUND_CACHE:
+            self._backgrounds.popitem(last=False)
 
     def _fill_for(self, i: int, ref: torch.Tensor) -> torch.Tensor | None:
         if self._fill is None:

@@ -131,6 +131,7 @@ class PosesMsg(Message):
     timings_ms: dict[str, float] = Field(default_factory=dict)  # estimator stages
     batch_size: int
     fps: float
+    computed_share: float | None = None  # DynConv: share of the input Stage I computed (1: dense)
 
 
 class DroppedMsg(Message):

@@ -239,7 +239,8 @@ def poses_message(job: FrameJob, outcome: JobOutcome, fps: float) -> schemas.Pos
         server_ms=schemas.ServerTimings(queue=round(outcome.queue_ms, 2), decode=round(outcome.decode_ms, 2),
                                         infer=round(outcome.infer_ms, 2), total=round(outcome.total_ms, 2)),
         timings_ms={k: round(float(v), 2) for k, v in res.timings_ms.items()},
-        batch_size=outcome.batch_size, fps=fps)
+        batch_size=outcome.batch_size, fps=fps,
+        computed_share=None if res.computed_share is None else round(res.computed_share, 4))
 
 
 async def admit(ws: WebSocket, state: ServerState) -> bool:

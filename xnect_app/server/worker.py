@@ -51,8 +51,8 @@ class JobOutcome:
 class BatchRunner:
     """Runs an estimator on a batch of frames from several streams, tracking each stream apart.
 
-    Frames go through `estimator.detect_batch(frames)` (one batched Stage I, no tracking); each
-    stream then has its own tracker from `tracker_factory()`, called like the estimator's own:
+    Frames go through `estimator.detect_batch(frames)` (one batched Stage I, no tracking; with
+    `streams=` where it takes them, for per-stream motion masks); each stream then has its own tracker from `tracker_factory()`, called like the estimator's own:
     `tracker.update(people, time_s, intrinsics)` (plus `fit_skeleton=` where it takes one).
     An estimator without detect_batch runs frame by frame through `estimator(frame, timestamp=...)`,
     and its single tracker then sees every stream.
@@ -72,7 +72,10 @@ class BatchRunner:
                  timestamps: list[float]) -> list[FrameResult]:
         if not self.batched:
             return self._one_by_one(images, streams, timestamps)
-        results = self.estimator.detect_batch(images)
+        if _accepts(self.estimator.detect_batch, "streams"):  # per-stream state (motion masks)
+            results = self.estimator.detect_batch(images, streams=streams)
+        else:
+            results = self.estimator.detect_batch(images)
         fit = bool(getattr(self.estimator, "fit_skeleton", False))
         for res, stream, ts in zip(results, streams, timestamps):
             st = self._streams.get(stream)
@@ -99,10 +102,12 @@ class BatchRunner:
 
     def forget(self, stream: Hashable) -> None:
         self._streams.pop(stream, None)
+        if hasattr(self.estimator, "forget_stream"):
+            self.estimator.forget_stream(stream)
 
     def reset(self, stream: Hashable) -> None:
         """Start a new sequence for one stream."""
-        self._streams.pop(stream, None)
+        self.forget(stream)
         if not self.batched and hasattr(self.estimator, "reset"):
             self.estimator.reset()
 
