@@ -164,12 +164,47 @@ def test_cli_exports_a_fixed_size_model_the_estimator_runs(tmp_path, capsys, fra
         PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=(256, 160))
 
 
+def test_cli_int8_export_of_the_bundled_model_finds_the_same_people(tmp_path, capsys, frames):
+    if not default_weights_path().is_file():
+        pytest.skip("no bundled weights")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, index in enumerate((0, 12, 24, 36)):
+        cv2.imwrite(str(calib / f"{i}.jpg"), _read_frame("two_people_courtyard.mp4", index))
+    out = tmp_path / "int8"
+    size = (512, 320)
+    rc = export_main(["-q", "onnx", "--int8", "--calibration", str(calib), "--calibration-images", "4",
+                      "--out", str(out)])
+    assert rc == 0 and "check, max |onnxruntime - torch| on calibration images" in capsys.readouterr().out
+    meta = read_meta(out)
+    assert meta["stage1"]["int8"]["calibration_images"] == 4 and not meta["stage1"]["dynamic_hw"]
+    import onnx
+    graph = onnx.load(str(out / STAGE1_FILE)).graph
+    dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    int8_convs = {n.name for n in convs if n.input[1] in dequantised}  # int8 weights
+    assert int8_convs and all("/core/" in n for n in int8_convs)        # the core; the heads stay fp32
+    assert any("b2d_conv1" in n.name for n in convs) and not any("b2d" in n or "b3d" in n for n in int8_convs)
+    fp32 = PoseEstimator(input_size=size, tracking=False)
+    int8 = PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=size, tracking=False)
+    assert int8.model_name.endswith("int8")
+    frame = _read_frame("two_people_courtyard.mp4", 30)
+    ref, got = fp32(frame).people, int8(frame).people
+    assert ref and got
+    for p in ref[:2]:  # the two people of the clip: found again, joints within a few pixels
+        best = min(np.nanmedian(np.linalg.norm(q.kp2d[:, :2] - p.kp2d[:, :2], axis=1)) for q in got)
+        assert best < 0.02 * frame.shape[0], best
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--weights", "/no/such.pt"], "not found"),
     (["--random-weights", "--weights", "x.pt"], "exclude each other"),
     (["--random-weights", "--backbone", "resnet9000"], "unknown SelecSLS variant"),
     (["--random-weights", "--input-size", "100x50"], "multiples of 16"),
     (["--checkpoint", __file__], "not a Stage I training checkpoint"),
+    (["--random-weights", "--int8"], "--int8 needs --calibration"),
+    (["--random-weights", "--int8", "--calibration", "/no/such/folder"], "no calibration images"),
+    (["--random-weights", "--calibration", "."], "--calibration is for --int8"),
 ])
 def test_cli_bad_input_is_one_line_on_stderr(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as e:

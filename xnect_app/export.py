@@ -209,6 +209,89 @@ def export_onnx(stage1: Stage1Net, stage2: Stage2Net | None, out_dir: str | Path
     return meta
 
 
+INT8_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+
+
+def calibration_images(folder: str | Path, n: int, size: tuple[int, int]) -> list[np.ndarray]:
+    """Up to n images of a folder (or its images/ subfolder), letterboxed to size (w, h), as the
+    1 x 3 x H x W float32 batches Stage I takes."""
+    import cv2
+
+    from .estimator import letterbox
+
+    folder = Path(folder)
+    exts = (".jpg", ".jpeg", ".png", ".bmp")
+    files = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in exts) or \
+        sorted(p for p in folder.glob("*") if p.suffix.lower() in exts)
+    batches = []
+    for p in files[:n]:
+        img = cv2.imread(str(p))
+        if img is not None:
+            batches.append(letterbox(img, size)[0].transpose(2, 0, 1)[None].astype(np.float32))
+    if not batches:
+        raise ValueError(f"no calibration images (jpg, png, bmp) in {folder}")
+    return batches
+
+
+def quantize_stage1_int8(onnx_dir: str | Path, calibration: list[np.ndarray], method: str = "entropy") -> dict[str, Any]:
+    """Replace the Stage I model of an export directory (static height and width) by a static int8
+    model (QDQ, per-channel int8 weights, uint8 activations) calibrated on `calibration`; the
+    sidecar records it. Returns the sidecar.
+
+    Only the SelecSLS core is quantised; the Stage I heads stay fp32. The heads are
+    ill-conditioned: simulated int8 (QDQ in float, no kernel involved) of the single 3x3 conv
+    b2d_conv1 moves the heatmaps by 58% of their range, while the whole core moves them by ~10%.
+    The grouped ConvTranspose upsamplers stay fp32 as well (convs only are quantised).
+    """
+    import contextlib
+    import sys
+
+    onnx = _require("onnx")
+    _require("onnxruntime")
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quant_pre_process, quantize_static)
+
+    if method not in INT8_CALIBRATION_METHODS:
+        raise ValueError(f"calibration method {method!r}: choose {', '.join(INT8_CALIBRATION_METHODS)}")
+    d = Path(onnx_dir)
+    meta = read_meta(d)
+    if meta["stage1"].get("dynamic_hw"):
+        raise ValueError("int8 needs an export with a static height and width (--static-size)")
+    if meta["stage1"].get("int8"):
+        raise ValueError(f"{d}: Stage I is already int8")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calibration)
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"image": x}
+
+    src = d / meta["stage1"]["file"]
+    pre = d / "stage1.pre.onnx"
+    dst = d / "stage1.int8.onnx"
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        keep_fp32 = [n.name for n in onnx.load(str(pre)).graph.node
+                     if n.op_type == "Conv" and "/core/" not in n.name]
+        with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv"], nodes_to_exclude=keep_fp32,
+                            calibrate_method=getattr(CalibrationMethod, INT8_CALIBRATION_METHODS[method]))
+        os.replace(dst, src)
+    finally:
+        for f in (pre, dst):
+            f.unlink(missing_ok=True)
+    meta["stage1"]["int8"] = {"quantised": "SelecSLS core convolutions (heads and upsamplers fp32)",
+                              "format": "QDQ, per-channel int8 weights, uint8 activations",
+                              "calibration_images": len(calibration), "calibration_method": method}
+    meta["model_name"] = f"{meta.get('model_name', 'onnx')} int8"
+    _write_atomic(d / META_FILE, (json.dumps(meta, indent=1) + "\n").encode())
+    return meta
+
+
 def read_meta(onnx_dir: str | Path) -> dict[str, Any]:
     """The sidecar of an export directory; ValueError/FileNotFoundError for anything else."""
     d = Path(onnx_dir)

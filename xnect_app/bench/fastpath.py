@@ -10,8 +10,9 @@ the speed and the accuracy are those a user gets:
                   is this without pruning: Stage1Net.fast_dense)
   compiled        fused+pruned under torch.compile (inductor; compile time reported apart)
   ort             ONNX Runtime fp32 (graph optimisations on; it fuses BN itself)
-  ort-int8        ONNX Runtime static int8 (QDQ, per-channel weights), calibrated on real
-                  images (coco_train_extra, never the coco_dev images it is scored on)
+  ort-int8        ONNX Runtime static int8 (QDQ, per-channel weights) of the core (the heads
+                  stay fp32), calibrated on real images (coco_train_extra, never the
+                  coco_dev images it is scored on)
 
 Frames are decoded once from the video and letterboxed inside the estimators; each round runs
 every variant on the same frames in turn, so load from other processes hits all of them alike.
@@ -21,7 +22,6 @@ difference to fp32 on the timed frames, and, unless --no-ap, body-joint AP on co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import logging
@@ -41,6 +41,7 @@ from torch import nn
 
 from ..cli.model_args import UserError, fail, input_size
 from ..estimator import PoseEstimator, default_weights_path, letterbox, load_weights
+from ..export import INT8_CALIBRATION_METHODS
 from ..nn.selecsls import prune
 from ..nn.stage1 import Stage1Config, Stage1Net
 
@@ -103,58 +104,6 @@ def _count_channels(net: nn.Module) -> int:
     return sum(m.out_channels for m in net.modules() if isinstance(m, nn.Conv2d))
 
 
-def _calibration_batches(folder: Path, n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    files = sorted(p for p in (folder / "images").glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    if not files:
-        files = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    batches = []
-    for p in files[:n]:
-        img = cv2.imread(str(p))
-        if img is not None:
-            batches.append(letterbox(img, size)[0].transpose(2, 0, 1)[None].astype(np.float32))
-    if not batches:
-        raise UserError(f"no calibration images in {folder}")
-    return batches
-
-
-CALIB_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-
-
-def _quantize_int8(onnx_dir: Path, calib: list[np.ndarray], method: str = "entropy") -> None:
-    """Replace onnx_dir/stage1.onnx by a static int8 (QDQ) model calibrated on `calib`.
-
-    Entropy calibration is the default: on the maps of an early checkpoint its worst-case error
-    was about 0.6x MinMax's and 0.6x Percentile's (vtest frames, relative to each map's range).
-    """
-    import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quant_pre_process, quantize_static)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {"image": x}
-
-    src = onnx_dir / "stage1.onnx"
-    pre = onnx_dir / "stage1.pre.onnx"
-    dst = onnx_dir / "stage1.int8.onnx"
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    # The output convs stay fp32: their maps are what the decoder thresholds and refines.
-    keep_fp32 = [n.name for n in onnx.load(str(pre)).graph.node
-                 if n.op_type == "Conv" and any(h in n.name for h in ("b2d_out", "b3d_out"))]
-    # Convs only: the grouped ConvTranspose upsamplers stay fp32 (ORT's per-channel axis handling
-    # of grouped transposed convs fails, and they are 2 of ~50 convs).
-    with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress; keep stdout for --json
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        nodes_to_exclude=keep_fp32, calibrate_method=getattr(CalibrationMethod, CALIB_METHODS[method]))
-    os.replace(dst, src)
-    pre.unlink()
-
-
 def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
                    workdir: Path) -> dict[str, tuple[PoseEstimator | None, dict[str, Any]]]:
     """{variant: (estimator or None if it failed, notes)} in cfg.variants order."""
@@ -197,12 +146,15 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
 
 
 def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Path, kw: dict):
-    from ..export import export_onnx
+    from ..export import calibration_images, export_onnx, quantize_stage1_int8
 
     d = workdir / "int8"
-    export_onnx(stage1, stage2, d, cfg.size, f"{name} int8", dynamic_hw=False)
-    calib = _calibration_batches(cfg.calib_dir, cfg.calib_images, cfg.size)
-    _quantize_int8(d, calib, cfg.calib_method)
+    export_onnx(stage1, stage2, d, cfg.size, name, dynamic_hw=False)
+    try:
+        calib = calibration_images(cfg.calib_dir, cfg.calib_images, cfg.size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    quantize_stage1_int8(d, calib, cfg.calib_method)
     est = PoseEstimator(backend="onnxruntime", onnx_dir=d, onnx_threads=cfg.threads, **kw)
     return est, {"calibration_images": len(calib), "calibration_from": str(cfg.calib_dir),
                  "calibration_method": cfg.calib_method}
@@ -372,7 +324,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    "(default: torch's current setting)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated subset of: " + ", ".join(VARIANTS))
-    p.add_argument("--int8-calibration", choices=sorted(CALIB_METHODS), default="entropy",
+    p.add_argument("--int8-calibration", choices=sorted(INT8_CALIBRATION_METHODS), default="entropy",
                    help="activation range calibration for ort-int8 (default: %(default)s)")
     p.add_argument("--no-ap", action="store_true", help="skip the body-joint AP on coco_dev")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data folder with coco_dev/ and "
