@@ -4,6 +4,7 @@ Every variant is a full PoseEstimator (letterbox -> Stage I -> numpy decoding ->
 the speed and the accuracy are those a user gets:
 
   fp32            the model's modules as they are, torch eager (Stage1Net.fast_dense off)
+  default         what PoseEstimator runs: BN folded, NHWC (Stage1Net.fast_dense)
   fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
   fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)
   channels-last   fused+pruned with NHWC memory format (PoseEstimator's default torch path
@@ -50,7 +51,7 @@ _logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VIDEO = REPO / "demo_videos" / "vtest.avi"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-VARIANTS = ("fp32", "fused", "fused+pruned", "channels-last", "compiled", "ort", "ort-int8")
+VARIANTS = ("fp32", "default", "fused", "fused+pruned", "channels-last", "compiled", "ort", "ort-int8")
 PRUNE_GAMMA = 1e-3
 
 
@@ -119,6 +120,7 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
 
     builders: dict[str, Callable[[], tuple[PoseEstimator, dict[str, Any]]]] = {
         "fp32": lambda: (PoseEstimator.from_networks(eager_stage1(stage1), stage2, _name=name, **kw), {}),
+        "default": lambda: (PoseEstimator.from_networks(stage1, stage2, _name=name, **kw), {}),
         "fused": lambda: (PoseEstimator.from_networks(fused_stage1(stage1), stage2, _name=name, **kw), {}),
         "fused+pruned": lambda: (
             PoseEstimator.from_networks(get_pruned(), stage2, _name=name, **kw),
