@@ -125,7 +125,7 @@ class Stage1Net(nn.Module):
         self._background: torch.Tensor | None = None
         self._first_masked = self.cfg.dynconv_from
         # Dense inference without autograd runs a snapshot with BN folded in NHWC layout (about
-        # 1.4x faster on CPU, same maps to float rounding); off: the modules as they are.
+        # 1.25x faster on CPU, same maps to float rounding); off: the modules as they are.
         self.fast_dense = True
         self._fast_exec: Stage1Net | None = None
         self.register_load_state_dict_post_hook(_drop_sparse_executor)

@@ -52,7 +52,8 @@ class BatchRunner:
     """Runs an estimator on a batch of frames from several streams, tracking each stream apart.
 
     Frames go through `estimator.detect_batch(frames)` (one batched Stage I, no tracking; with
-    `streams=` where it takes them, for per-stream motion masks); each stream then has its own tracker from `tracker_factory()`, called like the estimator's own:
+    `streams=` where it takes them, for per-stream motion masks); each stream then has its own
+    tracker from `tracker_factory()`, called like the estimator's own:
     `tracker.update(people, time_s, intrinsics)` (plus `fit_skeleton=` where it takes one).
     An estimator without detect_batch runs frame by frame through `estimator(frame, timestamp=...)`,
     and its single tracker then sees every stream.
