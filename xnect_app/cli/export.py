@@ -63,8 +63,8 @@ def add_onnx(subparsers) -> None:
     p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs torch comparison")
     q = p.add_argument_group("int8 (static quantisation of the SelecSLS core; implies --static-size)")
     q.add_argument("--int8", action="store_true",
-                   help="quantise Stage I's core to int8, calibrated on --calibration images "
-                        "(about 1.4x faster than fp32 ONNX Runtime on AVX-512 VNNI CPUs; heads stay fp32)")
+                   help="quantise Stage I's core to int8, calibrated on --calibration images; heads stay "
+                        "fp32 (on our AVX-512 test CPU: same body AP, only 1.03x the speed of fp32 ONNX Runtime)")
     q.add_argument("--calibration", type=Path, metavar="DIR",
                    help="folder of images like those the model will see (jpg/png; e.g. frames of your camera)")
     q.add_argument("--calibration-images", type=positive_int, default=16, metavar="N",
