@@ -249,3 +249,37 @@ def test_render_is_fast_enough_for_a_data_loader():
     for _ in range(20):
         render_targets(scene.kp2d, scene.kp3d_rel_mm, (256, 256))
     assert (time.perf_counter() - t0) / 20 < 0.05
+
+
+def test_a_weak_joint_is_completed_from_the_paf():
+    """A wrist whose heatmap peak is under the peak threshold: plain grouping loses it, completion
+    takes it back at the right place, for the right person, and nobody else gains joints."""
+    scene = scene_where(lambda rng: random_scene(rng, 3, layout="spread", occlude_prob=0.0))
+    t = render_targets(scene.kp2d, scene.kp3d_rel_mm, scene.image_size)
+    wrist = skeleton.JOINTS_2D.index("r_wrist")
+    hm = t["heatmaps"].copy()
+    hm[wrist] *= 0.08                      # peaks of 0.08 < the 0.1 threshold
+    plain = decode(hm, t["pafs"], t["enc3d"], completion_threshold=None)
+    done = decode(hm, t["pafs"], t["enc3d"])
+    assert len(plain) == len(done) == 3
+    assert not (plain.kp2d[:, wrist, 2] > 0).any()
+    assert (done.kp2d[:, wrist, 2] > 0).all()
+    for k in range(3):
+        i = np.linalg.norm(scene.kp2d[:, skeleton.NECK, :2] - done.kp2d[k, skeleton.NECK, :2], axis=-1).argmin()
+        assert np.linalg.norm(done.kp2d[k, wrist, :2] - scene.kp2d[i, wrist, :2]) < 1.5
+        assert np.isclose(done.kp2d[k, wrist, 2], 0.08, atol=0.01)
+        others = np.arange(skeleton.NUM_JOINTS_2D) != wrist
+        np.testing.assert_array_equal(done.kp2d[k, others], plain.kp2d[k, others])
+
+
+def test_completion_skips_what_no_paf_joins():
+    """A stray peak with no limb field towards it is not attached to anyone."""
+    scene = scene_where(lambda rng: random_scene(rng, 1, occlude_prob=0.0))
+    t = render_targets(scene.kp2d, scene.kp3d_rel_mm, scene.image_size)
+    ankle = skeleton.JOINTS_2D.index("l_ankle")
+    hm, pafs = t["heatmaps"].copy(), t["pafs"].copy()
+    hm[ankle] *= 0.08
+    knee_ankle = skeleton.LIMBS_2D.index((skeleton.JOINTS_2D.index("l_knee"), ankle))
+    pafs[2 * knee_ankle:2 * knee_ankle + 2] = 0.0
+    d = decode(hm, pafs, t["enc3d"])
+    assert len(d) == 1 and not d.kp2d[0, ankle, 2] > 0

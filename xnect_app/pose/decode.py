@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import skeleton
-from .paf import GroupingConfig, group_people
+from .paf import GroupingConfig, complete_people, group_people
 from .peaks import find_peaks
 from .readout import read_3d, stage2_inputs
 from .targets import to_input
@@ -39,16 +39,20 @@ class DecodedPeople:
 
 def decode(heatmaps: np.ndarray, pafs: np.ndarray, enc3d: np.ndarray | None = None, stride: int = 8,
            peak_threshold: float = 0.1, grouping: GroupingConfig = GroupingConfig(),
-           max_peaks: int = 40) -> DecodedPeople:
+           max_peaks: int = 40, completion_threshold: float | None = 0.05) -> DecodedPeople:
     """Decode one frame's Stage I output (arrays (19|36|63, h, w), numpy, any float dtype).
 
     Without enc3d the 3D fields are NaN / False / zero-filled encodings. At most `max_peaks`
-    candidates per joint are grouped (the decoder's cost stays bounded on noisy maps).
+    candidates per joint are grouped (the decoder's cost stays bounded on noisy maps). Joints the
+    grouping leaves missing are then filled from peaks above `completion_threshold` that a PAF
+    joins to the person (`paf.complete_people`; None: off).
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     pafs = np.asarray(pafs, dtype=np.float32)
     peaks = find_peaks(heatmaps, peak_threshold, max_peaks)
     kp_map, scores = group_people(peaks, pafs, grouping)
+    if completion_threshold is not None and len(kp_map):
+        kp_map = complete_people(kp_map, find_peaks(heatmaps, completion_threshold, max_peaks), pafs)
     kp = kp_map.copy()
     kp[..., :2] = to_input(kp_map[..., :2], stride)
     n = len(kp_map)

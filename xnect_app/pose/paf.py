@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import skeleton
 
-__all__ = ["GroupingConfig", "score_limb_candidates", "match_greedy", "group_people"]
+__all__ = ["GroupingConfig", "score_segments", "score_limb_candidates", "match_greedy", "group_people",
+           "complete_people"]
 
 J2 = skeleton.NUM_JOINTS_2D
 
@@ -52,50 +53,63 @@ def _bilinear_flat(flat: np.ndarray, h: int, w: int, xy: np.ndarray, ch: np.ndar
     return top * (1 - ay) + bottom * ay
 
 
+def score_segments(pafs: np.ndarray, limbs: np.ndarray, a_xy: np.ndarray, b_xy: np.ndarray,
+                   cfg: GroupingConfig = GroupingConfig()) -> np.ndarray:
+    """Line-integral scores of segments a_xy[i] -> b_xy[i] (map cells) in the PAF of limb limbs[i].
+
+    -inf where a segment fails the positive-fraction test (cfg.min_fraction of the cfg.n_samples
+    samples with PAF . direction > cfg.dot_threshold), has no length or scores <= 0. The score is
+    the mean PAF . direction plus OpenPose's penalty for limbs longer than cfg.max_length_frac of
+    the map height.
+    """
+    n = len(limbs)
+    if n == 0:
+        return np.zeros(0)
+    _, h, w = pafs.shape
+    t = (np.arange(cfg.n_samples) + 0.5) / cfg.n_samples
+    vec = b_xy[:, :2] - a_xy[:, :2]
+    length = np.linalg.norm(vec, axis=-1)
+    xy = (a_xy[:, None, :2] + t[None, :, None] * vec[:, None, :]).reshape(-1, 2)
+    ch = np.repeat(2 * np.asarray(limbs, dtype=np.int64), cfg.n_samples)
+    flat = np.ascontiguousarray(pafs, dtype=np.float32).reshape(-1)
+    field = np.stack([_bilinear_flat(flat, h, w, xy, ch), _bilinear_flat(flat, h, w, xy, ch + 1)], -1)
+    unit = vec / np.maximum(length, 1e-6)[:, None]
+    dots = (field.reshape(n, cfg.n_samples, 2) * unit[:, None, :]).sum(-1)        # (n, N)
+    prior = np.minimum(cfg.max_length_frac * h / np.maximum(length, 1e-6) - 1.0, 0.0)
+    score = dots.mean(-1) + prior
+    ok = ((dots > cfg.dot_threshold).mean(-1) >= cfg.min_fraction) & (score > 0) & (length > 1e-6)
+    return np.where(ok, score, -np.inf)
+
+
 def score_limb_candidates(pafs: np.ndarray, peaks: list[np.ndarray],
                           cfg: GroupingConfig = GroupingConfig()) -> list[np.ndarray | None]:
-    """Line-integral scores of all (a, b) candidate pairs of every limb, in one gather.
+    """Line-integral scores (`score_segments`) of all (a, b) candidate pairs of every limb, in one
+    gather.
 
     Args:
         pafs: (36, h, w).
         peaks: 19 arrays (n_j, >=2) of candidate positions in map cells.
     Returns:
-        per limb an (n_a, n_b) score array (-inf where a pair fails the positive-fraction
-        test), or None when a side has no candidates.
+        per limb an (n_a, n_b) score array (-inf where a pair fails), or None when a side has
+        no candidates.
     """
-    _, h, w = pafs.shape
-    t = (np.arange(cfg.n_samples) + 0.5) / cfg.n_samples
-    limbs, pts, chans, units, lengths = [], [], [], [], []
+    shapes, limbs, a_xy, b_xy = [], [], [], []
     for limb, (a, b) in enumerate(skeleton.LIMBS_2D):
         pa, pb = peaks[a], peaks[b]
         if len(pa) == 0 or len(pb) == 0:
             continue
-        vec = pb[None, :, :2] - pa[:, None, :2]                               # (na, nb, 2)
-        length = np.linalg.norm(vec, axis=-1)
-        p = pa[:, None, None, :2] + t[None, None, :, None] * vec[:, :, None, :]  # (na, nb, N, 2)
-        limbs.append((limb, len(pa), len(pb)))
-        pts.append(p.reshape(-1, 2))
-        chans.append(np.full(p.shape[0] * p.shape[1] * p.shape[2], 2 * limb))
-        units.append(vec / np.maximum(length, 1e-6)[..., None])
-        lengths.append(length)
+        shapes.append((limb, len(pa), len(pb)))
+        limbs.append(np.full(len(pa) * len(pb), limb))
+        a_xy.append(np.repeat(pa[:, :2], len(pb), axis=0))
+        b_xy.append(np.tile(pb[:, :2], (len(pa), 1)))
     out: list[np.ndarray | None] = [None] * skeleton.NUM_LIMBS_2D
-    if not limbs:
+    if not shapes:
         return out
-    xy = np.concatenate(pts)
-    ch = np.concatenate(chans)
-    flat = np.ascontiguousarray(pafs, dtype=np.float32).reshape(-1)
-    fx = _bilinear_flat(flat, h, w, xy, ch)
-    fy = _bilinear_flat(flat, h, w, xy, ch + 1)
+    scores = score_segments(pafs, np.concatenate(limbs), np.concatenate(a_xy), np.concatenate(b_xy), cfg)
     start = 0
-    for (limb, na, nb), unit, length in zip(limbs, units, lengths):
-        stop = start + na * nb * cfg.n_samples
-        field = np.stack([fx[start:stop], fy[start:stop]], -1).reshape(na, nb, cfg.n_samples, 2)
-        start = stop
-        dots = (field * unit[:, :, None, :]).sum(-1)                          # (na, nb, N)
-        prior = np.minimum(cfg.max_length_frac * h / np.maximum(length, 1e-6) - 1.0, 0.0)
-        score = dots.mean(-1) + prior
-        ok = ((dots > cfg.dot_threshold).mean(-1) >= cfg.min_fraction) & (score > 0) & (length > 1e-6)
-        out[limb] = np.where(ok, score, -np.inf)
+    for limb, na, nb in shapes:
+        out[limb] = scores[start:start + na * nb].reshape(na, nb)
+        start += na * nb
     return out
 
 
@@ -161,3 +175,77 @@ def group_people(peaks: list[np.ndarray], pafs: np.ndarray,
     kp, scores = kp[keep], scores[keep]
     order = np.argsort(-scores, kind="stable")
     return kp[order], scores[order]
+
+
+# Looser PAF test for joints added to a person that is already assembled.
+COMPLETION_GROUPING = GroupingConfig(min_fraction=0.5)
+
+
+def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarray,
+                    cfg: GroupingConfig = COMPLETION_GROUPING, rounds: int = 3) -> np.ndarray:
+    """Fill joints the grouping left missing from weaker heatmap peaks.
+
+    A missing joint of a person takes the free candidate whose limb PAF best joins it to a joint
+    the person has (either end of the limb; best pairs first, each candidate used once); joints
+    found in one round can anchor the next. A bottom-up decoder loses a joint whenever its peak
+    is under the threshold or one limb's PAF test fails; COCO OKS scores such a joint 0.
+
+    Args:
+        kp: (P, 19, 3) people in map cells (NaN, NaN, 0 where missing), as `group_people` gives.
+        candidates: 19 arrays (n_j, 3) of peaks, usually `find_peaks` with a lower threshold
+            than the grouping's (a superset of its peaks).
+        pafs: (36, h, w).
+    Returns:
+        a copy of kp with the added joints (their confidence is their peak score).
+    """
+    kp = np.array(kp, dtype=np.float64, copy=True)
+    if len(kp) == 0:
+        return kp
+    free = []
+    for j, cand in enumerate(candidates):
+        ok = np.ones(len(cand), dtype=bool)
+        if len(cand):
+            have = kp[kp[:, j, 2] > 0, j, :2]
+            if len(have):
+                d = np.abs(cand[None, :, :2] - have[:, None, :]).max(-1)
+                ok &= ~(d < 1e-4).any(0)
+        free.append(ok)
+    limb_a = np.array([a for a, _ in skeleton.LIMBS_2D])
+    limb_b = np.array([b for _, b in skeleton.LIMBS_2D])
+    for _ in range(rounds):
+        present = kp[..., 2] > 0                                            # (P, 19)
+        rows = []  # (person, limb, joint to fill, anchor joint, anchor is limb start)
+        for forward in (True, False):
+            src, dst = (limb_a, limb_b) if forward else (limb_b, limb_a)
+            pp, ll = np.nonzero(present[:, src] & ~present[:, dst])
+            rows += [(p, l, dst[l], src[l], forward) for p, l in zip(pp, ll)]
+        person, limb, joint, a_xy, b_xy, cand_idx = [], [], [], [], [], []
+        for p, l, j, anchor, forward in rows:
+            idx = np.flatnonzero(free[j])
+            if not len(idx):
+                continue
+            at = np.repeat(kp[p, anchor, None, :2], len(idx), axis=0)
+            ends = candidates[j][idx, :2]
+            person.append(np.full(len(idx), p))
+            limb.append(np.full(len(idx), l))
+            joint.append(np.full(len(idx), j))
+            a_xy.append(at if forward else ends)
+            b_xy.append(ends if forward else at)
+            cand_idx.append(idx)
+        if not person:
+            break
+        person, limb, joint, cand_idx = (np.concatenate(v) for v in (person, limb, joint, cand_idx))
+        scores = score_segments(pafs, limb, np.concatenate(a_xy), np.concatenate(b_xy), cfg)
+        added = False
+        for k in np.argsort(-scores, kind="stable"):
+            if not np.isfinite(scores[k]):
+                break
+            p, j, c = int(person[k]), int(joint[k]), int(cand_idx[k])
+            if kp[p, j, 2] > 0 or not free[j][c]:
+                continue
+            kp[p, j] = candidates[j][c]
+            free[j][c] = False
+            added = True
+        if not added:
+            break
+    return kp

@@ -25,7 +25,7 @@ class AugmentConfig:
     size: tuple[int, int] = (256, 256)     # output (width, height)
     small_prob: float = 0.4                # share of samples whose main person is 30-80 px tall
     small_px: tuple[float, float] = (30.0, 80.0)
-    large_frac: tuple[float, float] = (0.3, 0.95)  # otherwise this fraction of the output height
+    large_frac: tuple[float, float] = (0.3, 1.25)  # otherwise this share of the output height (>1: close-ups, cut off)
     max_rotation_deg: float = 30.0
     rotation_prob: float = 0.6
     flip_prob: float = 0.5
