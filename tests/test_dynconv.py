@@ -137,6 +137,17 @@ def test_background_fill_is_exact_too_and_changes_the_inactive_cells(net42):
         fallback = net42(x)
     _close(sparse, fallback)
     assert (sparse.heatmaps - zero_fill.heatmaps).abs().max() > 1e-3
+    # the next frames, with the mask elsewhere: the cells computed before hold the background again
+    for rows, cols in ((slice(6, 11), slice(12, 18)), (slice(0, 4), slice(0, 6))):
+        mask = torch.zeros(12, 20)
+        mask[rows, cols] = 1
+        with torch.no_grad():
+            net42.set_sparse(True, mask_override=mask, dense_above=2.0, background=False)
+            sparse = net42(x)
+            net42.set_sparse(True, mask_override=mask, dense_above=-1.0, background=False)
+            fallback = net42(x)
+        assert net42.sparse_stats.mask.sum() == mask.sum() * 2
+        _close(sparse, fallback)
     net42.set_sparse(False, None, dense_above=dynconv.DENSE_ABOVE, background=None)
 
 

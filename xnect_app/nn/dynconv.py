@@ -477,7 +477,7 @@ class _SparseBlock:
         self.convs = [SparseConv.from_conv(getattr(block, f"conv{i}")[0], relu=True) for i in range(1, 7)]
 
     def __call__(self, x: SparseMap, skip: SparseMap | None, p0: Positions, p1: Positions,
-                 p2: Positions, fill: torch.Tensor | None = None) -> SparseMap:
+                 p2: Positions) -> SparseMap:
         c1, c2, c3, c4, c5, c6 = self.convs
         r1 = c1(x, p2)                                    # 3x3 (maybe strided) on D^2
         r2 = c2.mm(r1[:-1])                               # 1x1 on D^2
@@ -487,12 +487,7 @@ class _SparseBlock:
         parts = [r1[p2.rows_of(p0)], r3[p1.rows_of(p0)], r5[:-1]]
         if not self.is_first:
             parts.append(skip.gather(p0.idx))
-        out = c6.mm(torch.cat(parts, 1))
-        if fill is None:
-            return SparseMap.from_rows(p0, out)
-        rows = fill.clone()  # the background's features, with the computed cells written over
-        rows.index_copy_(0, p0.idx, out[:-1])
-        return SparseMap(p0.grid, rows, None)
+        return SparseMap.from_rows(p0, c6.mm(torch.cat(parts, 1)))
 
 
 class _Heads(nn.Module):
@@ -570,6 +565,7 @@ class SparseStage1:
         self._fill_rows: dict[tuple[int, int], torch.Tensor] = {}  # (block, batch) -> NHWC rows
         self._fill_out: tuple[torch.Tensor, torch.Tensor] | None = None  # background (maps, enc3d)
         self._backgrounds: OrderedDict[int, tuple] = OrderedDict()  # id(image) -> (image, fills)
+        self._filled: dict[int, tuple] = {}  # block -> (fill rows, their working copy, rows written)
 
     @torch.no_grad()
     def set_background(self, image: torch.Tensor | None) -> None:
@@ -616,6 +612,22 @@ class SparseStage1:
             f = self._fill_for(i, ref)
             self._fill_rows[key] = SparseMap.from_dense(f.expand_as(ref)).rows
         return self._fill_rows[key]
+
+    def _over_fill(self, i: int, fill: torch.Tensor, x: SparseMap) -> SparseMap:
+        """Block i's computed rows written over its background rows, as a dense map.
+
+        The result lives in a buffer kept per block: the next frame puts back the background
+        rows of the cells this one wrote, instead of copying the whole map again.
+        """
+        held = self._filled.get(i)
+        if held is None or held[0] is not fill:
+            held = (fill, fill.clone(), None)
+        _, rows, written = held
+        if written is not None:
+            rows.index_copy_(0, written, fill.index_select(0, written))
+        rows.index_copy_(0, x.pos.idx, x.rows[:-1])
+        self._filled[i] = (fill, rows, x.pos.idx)
+        return SparseMap(x.grid, rows, None)
 
     # -- planning ---------------------------------------------------------------------------------
     def _plan(self, m8: torch.Tensor, hw: tuple[int, int]) -> tuple[dict, float]:
@@ -701,8 +713,10 @@ class SparseStage1:
         f8 = None if f8_dense is None else SparseMap.from_dense(f8_dense)
         for i in range(self.first_masked, len(self.blocks)):
             p = pos[self.reductions[i]]
+            x = self.blocks[i](x, skip, p[0], p[1], p[2])
             fill = self._fill_rows_for(i, p[0].grid, self.blocks[i].convs[5].out_chs)
-            x = self.blocks[i](x, skip, p[0], p[1], p[2], fill)
+            if fill is not None:
+                x = self._over_fill(i, fill, x)
             if self.blocks[i].is_first:
                 skip = x
             if i == self.stride8_index:
