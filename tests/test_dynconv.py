@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xnect_app.bench.dynconv import MotionMask, frame_agreement, oks
+from xnect_app.motion_mask import MotionGate
 from xnect_app.nn import dynconv
 from xnect_app.nn.dynconv import (LayerCost, Positions, SparseConv, SparseDeconv2x, SparseMap,
                                   bound_schedule, dilate, sparsity_loss)
@@ -392,3 +393,31 @@ def test_bench_reports_sparse_vs_dense_with_the_causal_motion_mask_and_the_stabi
     assert all(0 <= v["oks_mean_per_frame"] <= 1 for v in rep["stability"].values())
     text = capsys.readouterr().out
     assert "dense vs dense on the frame jpeg95" in text and "speed-up" in text
+
+
+def test_bench_margin_sweep_trades_computed_cells_for_agreement(tmp_path, capsys):
+    import json
+
+    from server_helpers import clip_path
+    from xnect_app.bench.dynconv import main
+    out = tmp_path / "margins.json"
+    rc = main(["--video", str(clip_path()), "--frames", "2", "--mask", "motion", "--margin", "1,4",
+               "--random-weights", "--backbone", "selecsls42b", "--input-size", "192x320", "--threads", "1",
+               "--json", str(out)])
+    assert rc == 0
+    small, large = json.loads(out.read_text())["margins"]
+    assert (small["margin"], large["margin"]) == (1, 4)
+    assert small["active_fraction"] < large["active_fraction"] and small["cost_fraction"] < large["cost_fraction"]
+    table = capsys.readouterr().out.split("margin  active")[1].splitlines()
+    assert [line.split()[0] for line in table[1:]] == ["1", "4"]
+
+
+def test_motion_margin_reaches_the_gates_and_bad_margins_are_refused():
+    from xnect_app.estimator import PoseEstimator
+    kw = dict(random_init=True, backbone="selecsls42b", input_size=(192, 128))
+    est = PoseEstimator(dynconv="motion", dynconv_margin=4, **kw)
+    assert est._gate.margin == 4 and est._stream_gate("a").margin == 4
+    assert PoseEstimator(dynconv="motion", **kw)._gate.margin == MotionGate().margin
+    for bad in (dict(dynconv="motion", dynconv_margin=17), dict(dynconv_margin=3)):
+        with pytest.raises(ValueError, match="margin"):
+            PoseEstimator(**kw, **bad)

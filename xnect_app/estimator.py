@@ -97,6 +97,11 @@ class PoseEstimator:
             backbone and random_init are then unused. Without it, the torch networks are exported
             in memory when the estimator is built.
         onnx_threads: ONNX Runtime intra-op threads (None: its default).
+        dynconv: False (dense), True / "learned" (the weights' mask unit) or "motion" (motion
+            against a learned background, static cameras).
+        dynconv_budget: with learned masks, the largest active share of the frame.
+        dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
+            too (default `MotionGate`'s 2): more cells, slower, closer to the dense result.
     """
 
     def __init__(self, weights: str | Path | None = None, backbone: str = "selecsls60",
@@ -104,6 +109,7 @@ class PoseEstimator:
                  random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
                  threshold: float = 0.1, backend: str = "torch", onnx_dir: str | Path | None = None,
                  onnx_threads: int | None = None, dynconv: bool | str = False, dynconv_budget: float | None = None,
+                 dynconv_margin: int | None = None,
                  _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
         w, h = input_size
@@ -150,7 +156,8 @@ class PoseEstimator:
             self.stage1.to(self.device).eval()
         self.dynconv = "learned" if dynconv is True else (dynconv or False)
         self._gate = None
-        self._configure_dynconv(dynconv_budget)
+        self._gate_kw = {}
+        self._configure_dynconv(dynconv_budget, dynconv_margin)
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
         if backend == "onnxruntime" and self._ort is None:
@@ -162,12 +169,14 @@ class PoseEstimator:
         self._stream: Stage3Stream | None = None
         self.reset()
 
-    def _configure_dynconv(self, budget: float | None) -> None:
+    def _configure_dynconv(self, budget: float | None, margin: int | None = None) -> None:
         """dynconv: False (dense), True / "learned" (the weights' mask unit) or "motion" (a causal
         motion mask, for networks without a mask unit on a static camera; see motion_mask.py)."""
         mode = self.dynconv
         if budget is not None and not 0.0 < float(budget) <= 1.0:
             raise ValueError(f"DynConv budget {budget}: give the largest active share of the frame, in (0, 1]")
+        if margin is not None and (mode != "motion" or not 0 <= int(margin) <= 16):
+            raise ValueError(f"DynConv margin {margin}: motion masks only (--dynconv-mask motion), 0 to 16 cells")
         if not mode:
             if budget is not None:
                 raise ValueError("a DynConv budget needs DynConv on (--dynconv)")
@@ -183,7 +192,8 @@ class PoseEstimator:
                 raise ValueError("a DynConv budget applies to learned masks, not motion masks")
             if not self.tracking:
                 raise ValueError("motion masks need a video or camera stream, not independent images")
-            self._gate = MotionGate()
+            self._gate_kw = {} if margin is None else {"margin": int(margin)}
+            self._gate = MotionGate(**self._gate_kw)
             return
         if not self.stage1.cfg.dynconv:
             raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit; train one with "
@@ -209,7 +219,7 @@ class PoseEstimator:
     def _stream_gate(self, stream: Hashable) -> MotionGate:
         gate = self._stream_gates.get(stream)
         if gate is None:
-            gate = self._stream_gates[stream] = MotionGate()
+            gate = self._stream_gates[stream] = MotionGate(**self._gate_kw)
         return gate
 
     def forget_stream(self, stream: Hashable) -> None:

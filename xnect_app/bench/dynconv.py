@@ -446,7 +446,31 @@ def format_report(rep: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_margin_table(reports: list[dict[str, Any]]) -> str:
+    """One line per margin: cost against agreement with the dense pass."""
+    lines = ["margin  active  executed  Stage I  per frame  OKS frame  OKS matched  heatmap error (core)"]
+    for r in reports:
+        ag = r["agreement"]
+        matched = ag["oks_mean_matched"]
+        lines.append(f"{r['margin']:>6}  {r['active_fraction']:>6.3f}  {r['cost_fraction']:>8.3f}  "
+                     f"{r['stage1']['speedup']:>6.2f}x  {r['per_frame']['speedup']:>8.2f}x  "
+                     f"{ag['oks_mean_per_frame']:>9.3f}  {matched if matched is not None else 'n/a':>11}  "
+                     f"{r['map_rel_error']['heatmaps_core']:>20.4f}")
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- command line
+
+def margins(text: str) -> list[int]:
+    """argparse type: comma-separated margins of 0 to 16 cells."""
+    try:
+        out = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers, e.g. 2 or 2,3,5") from None
+    if not out or any(not 0 <= v <= 16 for v in out):
+        raise argparse.ArgumentTypeError(f"{text!r}: margins are 0 to 16 cells")
+    return out
+
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench dynconv`."""
@@ -458,7 +482,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--start", type=non_negative_int, default=0, help="first frame of the clip")
     p.add_argument("--budget", type=fraction, default=1.0,
                    help="most cells the oracle mask may activate, a fraction (default: no cap)")
-    p.add_argument("--margin", type=non_negative_int, default=2, help="oracle mask dilation in cells (default 2)")
+    p.add_argument("--margin", type=margins, default=[2], metavar="N[,N...]",
+                   help="mask dilation in stride-8 cells (default 2; --dynconv-margin of motion masks); "
+                        "several, e.g. 2,3,5: one run each and a table of speed against agreement")
     p.add_argument("--dense-above", type=float, default=None, metavar="F",
                    help=f"cost share above which the dense fallback runs (default {dynconv.DENSE_ABOVE})")
     p.add_argument("--fill", choices=("background", "zero"), default="background",
@@ -494,15 +520,21 @@ def run(args: argparse.Namespace) -> int:
     else:
         est = build_estimator(**estimator_kwargs(args, tracking=False))
     report: dict[str, Any] = {}
-    if args.frames:
-        report = run_dynconv_bench(args.video, args.frames, args.budget, None, est, args.start,
-                                   args.threads, args.margin, args.dense_above, args.fill,
-                                   args.first_block, args.mask, args.stability)
+    reports = []
+    for i, margin in enumerate(args.margin if args.frames else []):
+        reports.append(run_dynconv_bench(args.video, args.frames, args.budget, None, est, args.start,
+                                         args.threads, margin, args.dense_above, args.fill,
+                                         args.first_block, args.mask, args.stability and i == 0))
+        reports[-1]["margin"] = margin
+    if reports:
+        report = reports[0] if len(reports) == 1 else {"margins": reports}
     if args.sweep:
         report["sweep"] = run_break_even_sweep(est.stage1, est.input_size)
-    if args.frames:
-        print(format_report(report))
-    else:
+    for rep in reports:
+        print(format_report({**rep, "sweep": report.get("sweep", []) if len(reports) == 1 else []}))
+    if len(reports) > 1:
+        print(format_margin_table(reports))
+    if not reports:
         print(json.dumps(report.get("sweep"), indent=1))
     if args.json:
         from ..io.sinks import atomic_write_text

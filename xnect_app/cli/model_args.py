@@ -77,6 +77,20 @@ def add_dynconv_args(group) -> None:
                             "motion against a learned background (static cameras; any weights)")
     group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                        help="with --dynconv (learned masks): compute at most this share of the frame")
+    group.add_argument("--dynconv-margin", type=cells, default=None, metavar="N",
+                       help="with --dynconv-mask motion: also compute N stride-8 cells around the motion "
+                            "(default 2; larger is slower and closer to the dense result)")
+
+
+def cells(text: str) -> int:
+    """argparse type for a margin of 0 to 16 cells."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= v <= 16:
+        raise argparse.ArgumentTypeError(f"{v} is not in 0..16")
+    return v
 
 
 def fraction(text: str) -> float:
@@ -93,9 +107,13 @@ def fraction(text: str) -> float:
 def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "dynconv_budget", None) is not None and not getattr(args, "dynconv", False):
         raise UserError("--dynconv-budget needs --dynconv")
+    margin = getattr(args, "dynconv_margin", None)
+    if margin is not None and not (getattr(args, "dynconv", False) and getattr(args, "dynconv_mask", "") == "motion"):
+        raise UserError("--dynconv-margin needs --dynconv --dynconv-mask motion")
     if not getattr(args, "dynconv", False):
         return {}
-    return {"dynconv": getattr(args, "dynconv_mask", "learned"), "dynconv_budget": args.dynconv_budget}
+    return {"dynconv": getattr(args, "dynconv_mask", "learned"), "dynconv_budget": args.dynconv_budget,
+            **({"dynconv_margin": margin} if margin is not None else {})}
 
 
 def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, Any]:
