@@ -134,7 +134,7 @@ def test_bad_options_are_one_line():
     r = cli("--video", str(SHORT), "--headless", "--weights", "/nonexistent/w.pt", tool="demo")
     assert_clean_error(r, 1, "w.pt", "not found")
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv-margin", "3")
-    assert_clean_error(r, 1, "--dynconv-margin needs --dynconv --dynconv-mask motion")
+    assert_clean_error(r, 1, "--dynconv-margin needs --dynconv with motion masks")
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv", "--dynconv-mask", "motion", "--dynconv-margin", "40")
     assert r.returncode == 2 and "0..16" in r.stderr and "Traceback" not in r.stderr
 

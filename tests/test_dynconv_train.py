@@ -154,6 +154,14 @@ def test_dynconv_needs_weights_with_a_mask_unit(dense_weights):
         PoseEstimator(dense_weights, dynconv_budget=0.5)
 
 
+def test_auto_masks_use_the_mask_unit_if_there_is_one_else_motion(dense_weights, dynconv_weights):
+    assert PoseEstimator(dynconv_weights, tracking=False, dynconv="auto").dynconv == "learned"
+    est = PoseEstimator(dense_weights, dynconv="auto")
+    assert est.dynconv == "motion" and est._gate is not None
+    with pytest.raises(ValueError, match="no DynConv mask unit, and a budget"):
+        PoseEstimator(dense_weights, dynconv="auto", dynconv_budget=0.5)
+
+
 @pytest.mark.parametrize("prog,extra", [("demo", ["--video", "x.mp4", "--headless"]),
                                         ("process", ["x.mp4", "--out-dir", "o"]),
                                         ("server", [])])
@@ -161,7 +169,8 @@ def test_clis_refuse_dynconv_with_dense_weights_in_one_line(prog, extra, dense_w
     video = next(iter(sorted(VIDEO.glob("*.mp4"))))
     args = [str(video) if a == "x.mp4" else str(tmp_path / "o") if a == "o" else a for a in extra]
     r = subprocess.run([sys.executable, "-m", f"xnect_app.cli.{prog}", *args, "--weights", str(dense_weights),
-                        "--dynconv"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                        "--dynconv", "--dynconv-mask", "learned"], capture_output=True, text=True, timeout=120,
+                       cwd=tmp_path)
     assert r.returncode != 0
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no DynConv mask unit" in lines[0], r.stderr

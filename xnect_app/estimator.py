@@ -97,8 +97,9 @@ class PoseEstimator:
             backbone and random_init are then unused. Without it, the torch networks are exported
             in memory when the estimator is built.
         onnx_threads: ONNX Runtime intra-op threads (None: its default).
-        dynconv: False (dense), True / "learned" (the weights' mask unit) or "motion" (motion
-            against a learned background, static cameras).
+        dynconv: False (dense), True / "learned" (the weights' mask unit), "motion" (motion
+            against a learned background, static cameras) or "auto" (learned if the weights have
+            a mask unit, else motion).
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
             too (default `MotionGate`'s 2): more cells, slower, closer to the dense result.
@@ -170,9 +171,16 @@ class PoseEstimator:
         self.reset()
 
     def _configure_dynconv(self, budget: float | None, margin: int | None = None) -> None:
-        """dynconv: False (dense), True / "learned" (the weights' mask unit) or "motion" (a causal
-        motion mask, for networks without a mask unit on a static camera; see motion_mask.py)."""
+        """dynconv: False (dense), True / "learned" (the weights' mask unit), "motion" (a causal
+        motion mask, for networks without a mask unit on a static camera; see motion_mask.py) or
+        "auto" (learned when the weights have a mask unit, else motion)."""
         mode = self.dynconv
+        if mode == "auto":
+            has_unit = self.stage1 is not None and bool(self.stage1.cfg.dynconv)
+            mode = self.dynconv = "learned" if has_unit else "motion"
+            if mode == "motion" and budget is not None:
+                raise ValueError(f"the weights {self.model_name!r} have no DynConv mask unit, and a budget "
+                                 "applies to learned masks only")
         if budget is not None and not 0.0 < float(budget) <= 1.0:
             raise ValueError(f"DynConv budget {budget}: give the largest active share of the frame, in (0, 1]")
         if margin is not None and (mode != "motion" or not 0 <= int(margin) <= 16):
@@ -182,7 +190,7 @@ class PoseEstimator:
                 raise ValueError("a DynConv budget needs DynConv on (--dynconv)")
             return
         if mode not in ("learned", "motion"):
-            raise ValueError(f"DynConv mask {mode!r}: choose learned or motion")
+            raise ValueError(f"DynConv mask {mode!r}: choose auto, learned or motion")
         if self.backend != "torch":
             raise ValueError("DynConv sparse execution runs with the torch backend, not " + self.backend)
         if self.device.type != "cpu":

@@ -70,11 +70,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_dynconv_args(group) -> None:
     group.add_argument("--dynconv", action="store_true",
-                       help="DynConv: compute Stage I only where the mask unit expects people (needs "
-                            "weights trained with `xnect-train stage1 --dynconv`)")
-    group.add_argument("--dynconv-mask", choices=("learned", "motion"), default="learned",
-                       help="with --dynconv: where the mask comes from: the weights' mask unit (default) or "
-                            "motion against a learned background (static cameras; any weights)")
+                       help="DynConv: compute Stage I only where people are: where the weights' mask "
+                            "unit expects them, or, for weights without one (the bundled model), where the "
+                            "frame moves (a static camera); see --dynconv-mask")
+    group.add_argument("--dynconv-mask", choices=("auto", "learned", "motion"), default="auto",
+                       help="with --dynconv: where the mask comes from: the weights' mask unit (learned) or "
+                            "motion against a background learnt from past frames (static cameras; any "
+                            "weights); auto (default): learned if the weights have a mask unit, else motion")
     group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                        help="with --dynconv (learned masks): compute at most this share of the frame")
     group.add_argument("--dynconv-margin", type=cells, default=None, metavar="N",
@@ -108,11 +110,11 @@ def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "dynconv_budget", None) is not None and not getattr(args, "dynconv", False):
         raise UserError("--dynconv-budget needs --dynconv")
     margin = getattr(args, "dynconv_margin", None)
-    if margin is not None and not (getattr(args, "dynconv", False) and getattr(args, "dynconv_mask", "") == "motion"):
-        raise UserError("--dynconv-margin needs --dynconv --dynconv-mask motion")
+    if margin is not None and not (getattr(args, "dynconv", False) and getattr(args, "dynconv_mask", "") != "learned"):
+        raise UserError("--dynconv-margin needs --dynconv with motion masks")
     if not getattr(args, "dynconv", False):
         return {}
-    return {"dynconv": getattr(args, "dynconv_mask", "learned"), "dynconv_budget": args.dynconv_budget,
+    return {"dynconv": getattr(args, "dynconv_mask", "auto"), "dynconv_budget": args.dynconv_budget,
             **({"dynconv_margin": margin} if margin is not None else {})}
 
 

@@ -210,28 +210,27 @@ def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarr
                 d = np.abs(cand[None, :, :2] - have[:, None, :]).max(-1)
                 ok &= ~(d < 1e-4).any(0)
         free.append(ok)
-    limb_a = np.array([a for a, _ in skeleton.LIMBS_2D])
-    limb_b = np.array([b for _, b in skeleton.LIMBS_2D])
+    max_length = cfg.max_length_frac * pafs.shape[1]  # longer limbs only pay the length penalty
     for _ in range(rounds):
         present = kp[..., 2] > 0                                            # (P, 19)
-        rows = []  # (person, limb, joint to fill, anchor joint, anchor is limb start)
+        person, limb, joint, cand_idx, a_xy, b_xy = [], [], [], [], [], []
         for forward in (True, False):
-            src, dst = (limb_a, limb_b) if forward else (limb_b, limb_a)
-            pp, ll = np.nonzero(present[:, src] & ~present[:, dst])
-            rows += [(p, l, dst[l], src[l], forward) for p, l in zip(pp, ll)]
-        person, limb, joint, a_xy, b_xy, cand_idx = [], [], [], [], [], []
-        for p, l, j, anchor, forward in rows:
-            idx = np.flatnonzero(free[j])
-            if not len(idx):
-                continue
-            at = np.repeat(kp[p, anchor, None, :2], len(idx), axis=0)
-            ends = candidates[j][idx, :2]
-            person.append(np.full(len(idx), p))
-            limb.append(np.full(len(idx), l))
-            joint.append(np.full(len(idx), j))
-            a_xy.append(at if forward else ends)
-            b_xy.append(ends if forward else at)
-            cand_idx.append(idx)
+            for l, (a, b) in enumerate(skeleton.LIMBS_2D):
+                src, dst = (a, b) if forward else (b, a)
+                need = np.flatnonzero(present[:, src] & ~present[:, dst])
+                idx = np.flatnonzero(free[dst])
+                if not len(need) or not len(idx):
+                    continue
+                anchors, ends = kp[need, src, :2], candidates[dst][idx, :2]
+                pi, ci = np.nonzero(np.linalg.norm(anchors[:, None] - ends[None], axis=-1) <= max_length)
+                if not len(pi):
+                    continue
+                person.append(need[pi])
+                limb.append(np.full(len(pi), l))
+                joint.append(np.full(len(pi), dst))
+                cand_idx.append(idx[ci])
+                a_xy.append(anchors[pi] if forward else ends[ci])
+                b_xy.append(ends[ci] if forward else anchors[pi])
         if not person:
             break
         person, limb, joint, cand_idx = (np.concatenate(v) for v in (person, limb, joint, cand_idx))
