@@ -283,3 +283,27 @@ def test_completion_skips_what_no_paf_joins():
     pafs[2 * knee_ankle:2 * knee_ankle + 2] = 0.0
     d = decode(hm, pafs, t["enc3d"])
     assert len(d) == 1 and not d.kp2d[0, ankle, 2] > 0
+
+
+def test_completion_does_not_reach_beyond_the_persons_size():
+    """A weak peak far from a small person, joined to it by a strong field, stays unattached."""
+    scene = scene_where(lambda rng: random_scene(rng, 1, occlude_prob=0.0))
+    t = render_targets(scene.kp2d, scene.kp3d_rel_mm, scene.image_size)
+    wrist = skeleton.JOINTS_2D.index("r_wrist")
+    hm = t["heatmaps"].copy()
+    hm[wrist] *= 0.08
+    near = decode(hm, t["pafs"], t["enc3d"])
+    assert near.kp2d[0, wrist, 2] > 0
+    # the same person, but their known joints cover a tiny box: the wrist is out of reach
+    from xnect_app.pose.paf import complete_people
+    from xnect_app.pose.peaks import find_peaks
+    kp = near.kp2d_map.copy()
+    kp[0, wrist] = (np.nan, np.nan, 0.0)
+    shoulder, elbow = (skeleton.JOINTS_2D.index(n) for n in ("r_shoulder", "r_elbow"))
+    kp[0, [j for j in range(skeleton.NUM_JOINTS_2D) if j not in (shoulder, elbow)]] = (np.nan, np.nan, 0.0)
+    limb = np.linalg.norm(near.kp2d_map[0, wrist, :2] - kp[0, elbow, :2])
+    short = complete_people(kp, find_peaks(hm, 0.05), t["pafs"], reach=0.5 * limb / np.linalg.norm(
+        kp[0, shoulder, :2] - kp[0, elbow, :2]), min_reach=0.0)
+    assert not short[0, wrist, 2] > 0
+    far = complete_people(kp, find_peaks(hm, 0.05), t["pafs"], reach=100.0)
+    assert far[0, wrist, 2] > 0

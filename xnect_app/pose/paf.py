@@ -182,13 +182,16 @@ COMPLETION_GROUPING = GroupingConfig(min_fraction=0.5)
 
 
 def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarray,
-                    cfg: GroupingConfig = COMPLETION_GROUPING, rounds: int = 3) -> np.ndarray:
+                    cfg: GroupingConfig = COMPLETION_GROUPING, rounds: int = 3, reach: float = 0.6,
+                    min_reach: float = 1.5) -> np.ndarray:
     """Fill joints the grouping left missing from weaker heatmap peaks.
 
     A missing joint of a person takes the free candidate whose limb PAF best joins it to a joint
     the person has (either end of the limb; best pairs first, each candidate used once); joints
     found in one round can anchor the next. A bottom-up decoder loses a joint whenever its peak
-    is under the threshold or one limb's PAF test fails; COCO OKS scores such a joint 0.
+    is under the threshold or one limb's PAF test fails; COCO OKS scores such a joint 0. A new
+    joint lies within `reach` x the diagonal of the person's first joints (at least `min_reach`
+    cells) of its anchor, so a small person does not grow a limb to something far away.
 
     Args:
         kp: (P, 19, 3) people in map cells (NaN, NaN, 0 where missing), as `group_people` gives.
@@ -210,7 +213,10 @@ def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarr
                 d = np.abs(cand[None, :, :2] - have[:, None, :]).max(-1)
                 ok &= ~(d < 1e-4).any(0)
         free.append(ok)
-    max_length = cfg.max_length_frac * pafs.shape[1]  # longer limbs only pay the length penalty
+    # a limb reaches at most `reach` x the diagonal of the joints the person had to begin with
+    xy = np.where((kp[..., 2] > 0)[..., None], kp[..., :2], np.nan)
+    diag = np.hypot(*(np.nanmax(xy, 1) - np.nanmin(xy, 1)).T)
+    max_length = np.minimum(np.maximum(reach * diag, min_reach), cfg.max_length_frac * pafs.shape[1])
     for _ in range(rounds):
         present = kp[..., 2] > 0                                            # (P, 19)
         person, limb, joint, cand_idx, a_xy, b_xy = [], [], [], [], [], []
@@ -222,7 +228,8 @@ def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarr
                 if not len(need) or not len(idx):
                     continue
                 anchors, ends = kp[need, src, :2], candidates[dst][idx, :2]
-                pi, ci = np.nonzero(np.linalg.norm(anchors[:, None] - ends[None], axis=-1) <= max_length)
+                dist = np.linalg.norm(anchors[:, None] - ends[None], axis=-1)
+                pi, ci = np.nonzero(dist <= max_length[need, None])
                 if not len(pi):
                     continue
                 person.append(need[pi])
