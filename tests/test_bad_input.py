@@ -133,6 +133,8 @@ def test_bad_options_are_one_line():
     assert r.returncode == 2 and "1 <= I <= N" in r.stderr
     r = cli("--video", str(SHORT), "--headless", "--weights", "/nonexistent/w.pt", tool="demo")
     assert_clean_error(r, 1, "w.pt", "not found")
+    r = cli(str(SHORT), "--out-dir", "x", "--min-score", "1.5")
+    assert r.returncode == 2 and "not in [0, 1)" in r.stderr and "Traceback" not in r.stderr
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv-margin", "3")
     assert_clean_error(r, 1, "--dynconv-margin needs --dynconv with motion masks")
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv", "--dynconv-mask", "motion", "--dynconv-margin", "40")

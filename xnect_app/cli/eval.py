@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import fail, input_size
+from .model_args import fail, input_size, score
 
 
 def _coco(a: argparse.Namespace) -> None:
@@ -34,10 +34,11 @@ def _coco(a: argparse.Namespace) -> None:
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=tuple(a.input_size),
-                                                tracking=False, fit_skeleton=False, threshold=a.threshold)
+                                                tracking=False, fit_skeleton=False, threshold=a.threshold,
+                                                min_score=a.min_score)
         else:
             est = PoseEstimator(weights=a.weights, input_size=tuple(a.input_size), tracking=False,
-                                fit_skeleton=False, threshold=a.threshold)
+                                fit_skeleton=False, threshold=a.threshold, min_score=a.min_score)
     except FileNotFoundError as e:
         fail("xnect-eval", str(e), code=2)
     if a.teacher3d and not Path(a.teacher3d).is_file():
@@ -75,6 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
     c.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
     c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
+    c.add_argument("--min-score", type=score, default=0.2, metavar="S",
+                   help="drop people scoring below S (default %(default)s, as every tool)")
     c.add_argument("--teacher3d", metavar="NPZ",
                    help="also the 3D agreement (MPJPE, PA-MPJPE in mm) with BlazePose labels of the same "
                         "people, e.g. data_cache/eval_teacher_coco_dev.npz")

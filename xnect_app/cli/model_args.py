@@ -56,6 +56,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="SelecSLS variant for --random-weights (weights files carry their own)")
     g.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
                    help="network input size, multiples of 16 (default 512x320)")
+    g.add_argument("--min-score", type=score, default=None, metavar="S",
+                   help="drop people whose score (about 1 for a clear, whole person) is below S "
+                        "(default 0.2; 0.3 drops more false detections and some real people)")
     g.add_argument("--fov", type=float, default=None, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (metric 3D depends on it; "
                         "default: the estimator's)")
@@ -95,6 +98,17 @@ def cells(text: str) -> int:
     return v
 
 
+def score(text: str) -> float:
+    """argparse type for a person score in [0, 1)."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1)")
+    return v
+
+
 def fraction(text: str) -> float:
     """argparse type for a share in (0, 1]."""
     try:
@@ -128,6 +142,8 @@ def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, An
         kw["seed"] = args.seed
     if args.fov is not None:
         kw["fov"] = args.fov
+    if getattr(args, "min_score", None) is not None:
+        kw["min_score"] = args.min_score
     if getattr(args, "backend", "torch") != "torch":
         kw["backend"] = args.backend
     if getattr(args, "onnx_dir", None):

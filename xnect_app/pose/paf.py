@@ -35,7 +35,7 @@ class GroupingConfig:
     min_fraction: float = 0.8
     max_length_frac: float = 0.5
     min_joints: int = 3
-    min_score: float = 0.1
+    min_score: float = 0.2
 
 
 def _bilinear_flat(flat: np.ndarray, h: int, w: int, xy: np.ndarray, ch: np.ndarray) -> np.ndarray:
