@@ -270,16 +270,31 @@ class Positions:
         return self.memo(("rows_of", id(subset)), lambda: (subset, torch.searchsorted(self.idx, subset.idx)))[1]
 
 
+def _grid_taps(out: Grid, src: Grid, kernel: int, stride: int) -> torch.Tensor:
+    """out.size x k*k flat source indices read by a k x k 'same'-padded conv at every cell of
+    `out`; padding -> src.size."""
+    n, y, x = Positions(out, torch.arange(out.size)).decode()
+    off = torch.arange(kernel) - kernel // 2
+    yy = y[:, None] * stride + off
+    xx = x[:, None] * stride + off
+    flat = (n[:, None, None] * src.h + yy[:, :, None]) * src.w + xx[:, None, :]
+    valid = ((yy >= 0) & (yy < src.h))[:, :, None] & ((xx >= 0) & (xx < src.w))[:, None, :]
+    return torch.where(valid, flat, src.size).reshape(-1, kernel * kernel)
+
+
+_GRID_TAPS: OrderedDict[tuple, torch.Tensor] = OrderedDict()  # the tables of the last grids used
+
+
 def conv_taps(out: Positions, src: Grid, kernel: int, stride: int) -> torch.Tensor:
     """n x k*k flat source indices read by a k x k 'same'-padded conv; padding -> src.size."""
     def make():
-        n, y, x = out.decode()
-        off = torch.arange(kernel) - kernel // 2
-        yy = y[:, None] * stride + off
-        xx = x[:, None] * stride + off
-        flat = (n[:, None, None] * src.h + yy[:, :, None]) * src.w + xx[:, None, :]
-        valid = ((yy >= 0) & (yy < src.h))[:, :, None] & ((xx >= 0) & (xx < src.w))[:, None, :]
-        return torch.where(valid, flat, src.size).reshape(-1, kernel * kernel)
+        key = (out.grid, src, kernel, stride)
+        table = _GRID_TAPS.get(key)
+        if table is None:  # built once per grid shape, then rows are picked for each mask
+            table = _GRID_TAPS[key] = _grid_taps(out.grid, src, kernel, stride)
+            while len(_GRID_TAPS) > 64:
+                _GRID_TAPS.popitem(last=False)
+        return table.index_select(0, out.idx)
     return out.memo(("taps", src, kernel, stride), make)
 
 
