@@ -324,3 +324,13 @@ def test_min_score_drops_faint_people_only():
     assert len(both) == 2 and 0.2 < both.scores[1] < 0.5 < both.scores[0]
     strict = decode(hm, pafs, t["enc3d"], grouping=GroupingConfig(min_score=0.5))
     assert len(strict) == 1 and np.allclose(strict.kp2d[0], both.kp2d[0], equal_nan=True)
+
+
+def test_peak_sets_equal_separate_calls():
+    from xnect_app.pose.peaks import find_peak_sets
+    rng = np.random.default_rng(3)
+    hm = (rng.random((19, 40, 64)) ** 6).astype(np.float32)
+    strong, weak = find_peak_sets(hm, (0.3, 0.05), max_peaks=40)
+    for got, t in ((strong, 0.3), (weak, 0.05)):
+        for a, b in zip(got, find_peaks(hm, t, 40)):
+            np.testing.assert_array_equal(a, b)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import skeleton
 from .paf import GroupingConfig, complete_people, group_people
-from .peaks import find_peaks
+from .peaks import find_peak_sets, find_peaks
 from .readout import read_3d, stage2_inputs
 from .targets import to_input
 
@@ -49,10 +49,13 @@ def decode(heatmaps: np.ndarray, pafs: np.ndarray, enc3d: np.ndarray | None = No
     """
     heatmaps = np.asarray(heatmaps, dtype=np.float32)
     pafs = np.asarray(pafs, dtype=np.float32)
-    peaks = find_peaks(heatmaps, peak_threshold, max_peaks)
+    if completion_threshold is None:
+        peaks, weak = find_peaks(heatmaps, peak_threshold, max_peaks), None
+    else:
+        peaks, weak = find_peak_sets(heatmaps, (peak_threshold, completion_threshold), max_peaks)
     kp_map, scores = group_people(peaks, pafs, grouping)
-    if completion_threshold is not None and len(kp_map):
-        kp_map = complete_people(kp_map, find_peaks(heatmaps, completion_threshold, max_peaks), pafs)
+    if weak is not None and len(kp_map):
+        kp_map = complete_people(kp_map, weak, pafs)
     kp = kp_map.copy()
     kp[..., :2] = to_input(kp_map[..., :2], stride)
     n = len(kp_map)

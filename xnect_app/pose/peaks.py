@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["find_peaks"]
+__all__ = ["find_peaks", "find_peak_sets"]
 
 _EPS = 1e-6
 
@@ -25,17 +25,24 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.1, max_peaks: int = 40
     Returns:
         J arrays of shape (n_j, 3): x, y in map cells and the score, highest first.
     """
+    return find_peak_sets(heatmaps, (threshold,), max_peaks)[0]
+
+
+def find_peak_sets(heatmaps: np.ndarray, thresholds: tuple[float, ...], max_peaks: int = 40
+                   ) -> list[list[np.ndarray]]:
+    """`find_peaks` for several thresholds from one pass: one list of J arrays per threshold."""
     hm = np.asarray(heatmaps, dtype=np.float32)
     n_ch, h, w = hm.shape
     pad = np.pad(hm, ((0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
     c = pad[:, 1:-1, 1:-1]
-    is_peak = c > threshold
+    is_peak = c > min(thresholds)
     for dy, dx, strict in ((-1, -1, False), (-1, 0, False), (-1, 1, False), (0, -1, False),
                            (0, 1, True), (1, -1, True), (1, 0, True), (1, 1, True)):
         nb = pad[:, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
         is_peak &= (c > nb) if strict else (c >= nb)
     ch, ys, xs = np.nonzero(is_peak)
-    cell = hm[ch, ys, xs].astype(np.float64)
+    cell32 = hm[ch, ys, xs]  # thresholds compare in float32, as `c > threshold` does
+    cell = cell32.astype(np.float64)
     logm = np.log(np.maximum(hm, _EPS))
     logc = np.log(np.maximum(cell, _EPS))
     fx, lx = _refine(logm, ch, ys, xs, axis=2) if w >= 3 else (xs.astype(np.float64), logc)
@@ -43,12 +50,15 @@ def find_peaks(heatmaps: np.ndarray, threshold: float = 0.1, max_peaks: int = 40
     # log f is separable for a Gaussian: log f(x', y') = log f(x', y) + log f(x, y') - log f(x, y).
     scores = np.clip(np.exp(lx + ly - logc), cell, np.maximum(cell, 1.0))
     peaks = np.stack([fx, fy, scores], 1)
-    out = []
     bounds = np.searchsorted(ch, np.arange(n_ch + 1))
-    for j in range(n_ch):
-        p = peaks[bounds[j]:bounds[j + 1]]
-        out.append(p[np.argsort(-p[:, 2], kind="stable")[:max_peaks]])
-    return out
+    sets = []
+    for t in thresholds:
+        out = []
+        for j in range(n_ch):
+            p = peaks[bounds[j]:bounds[j + 1]][cell32[bounds[j]:bounds[j + 1]] > t]
+            out.append(p[np.argsort(-p[:, 2], kind="stable")[:max_peaks]])
+        sets.append(out)
+    return sets
 
 
 def _refine(logm: np.ndarray, ch: np.ndarray, ys: np.ndarray, xs: np.ndarray, axis: int
