@@ -95,8 +95,8 @@ class PoseEstimator:
         fit_skeleton: Stage III kinematic skeleton fit (joint angles); needs tracking.
         threshold: heatmap peak threshold.
         min_score: people whose grouping score (about 1 for a confident, fully visible person) is
-            lower are dropped; 0.2 removes a third of the detections on coco_dev, nearly all of
-            them false, at the same AP.
+            lower are dropped (parts of 3-4 joints score under 0.2); 0.2 instead of 0.1 leaves a
+            third fewer detections on coco_dev at the same AP.
         backend: "torch" or "onnxruntime" (Stage I and II in ONNX Runtime; decoding is the same).
         onnx_dir: with backend="onnxruntime", a directory written by `xnect-export onnx`; weights,
             backbone and random_init are then unused. Without it, the torch networks are exported
@@ -113,9 +113,9 @@ class PoseEstimator:
     def __init__(self, weights: str | Path | None = None, backbone: str = "selecsls60",
                  input_size: tuple[int, int] = (512, 320), device: str = "cpu", fov: float = DEFAULT_FOV_DEG,
                  random_init: bool = False, tracking: bool = True, fit_skeleton: bool = True,
-                 threshold: float = 0.1, min_score: float = DEFAULT_MIN_SCORE, backend: str = "torch", onnx_dir: str | Path | None = None,
-                 onnx_threads: int | None = None, dynconv: bool | str = False, dynconv_budget: float | None = None,
-                 dynconv_margin: int | None = None,
+                 threshold: float = 0.1, min_score: float = DEFAULT_MIN_SCORE, backend: str = "torch",
+                 onnx_dir: str | Path | None = None, onnx_threads: int | None = None,
+                 dynconv: bool | str = False, dynconv_budget: float | None = None, dynconv_margin: int | None = None,
                  _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
         w, h = input_size
@@ -192,7 +192,7 @@ class PoseEstimator:
         if budget is not None and not 0.0 < float(budget) <= 1.0:
             raise ValueError(f"DynConv budget {budget}: give the largest active share of the frame, in (0, 1]")
         if margin is not None and (mode != "motion" or not 0 <= int(margin) <= 16):
-            raise ValueError(f"DynConv margin {margin}: motion masks only (--dynconv-mask motion), 0 to 16 cells")
+            raise ValueError(f"DynConv margin {margin}: for motion masks only, 0 to 16 cells")
         if not mode:
             if budget is not None:
                 raise ValueError("a DynConv budget needs DynConv on (--dynconv)")

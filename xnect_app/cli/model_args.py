@@ -83,7 +83,7 @@ def add_dynconv_args(group) -> None:
     group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                        help="with --dynconv (learned masks): compute at most this share of the frame")
     group.add_argument("--dynconv-margin", type=cells, default=None, metavar="N",
-                       help="with --dynconv-mask motion: also compute N stride-8 cells around the motion "
+                       help="with motion masks: also compute N stride-8 cells around the motion "
                             "(default 2; larger is slower and closer to the dense result)")
 
 

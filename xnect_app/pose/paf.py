@@ -221,7 +221,7 @@ def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarr
         present = kp[..., 2] > 0                                            # (P, 19)
         person, limb, joint, cand_idx, a_xy, b_xy = [], [], [], [], [], []
         for forward in (True, False):
-            for l, (a, b) in enumerate(skeleton.LIMBS_2D):
+            for li, (a, b) in enumerate(skeleton.LIMBS_2D):
                 src, dst = (a, b) if forward else (b, a)
                 need = np.flatnonzero(present[:, src] & ~present[:, dst])
                 idx = np.flatnonzero(free[dst])
@@ -233,7 +233,7 @@ def complete_people(kp: np.ndarray, candidates: list[np.ndarray], pafs: np.ndarr
                 if not len(pi):
                     continue
                 person.append(need[pi])
-                limb.append(np.full(len(pi), l))
+                limb.append(np.full(len(pi), li))
                 joint.append(np.full(len(pi), dst))
                 cand_idx.append(idx[ci])
                 a_xy.append(anchors[pi] if forward else ends[ci])
