@@ -202,3 +202,12 @@ def test_demo_headless_writes_video_and_jsonl(clips, tmp_path):
     assert "6 frames in" in r.stdout and "fps end to end" in r.stdout
     assert len(frames_of(rec)) == 6
     assert [x["frame"] for x in jsonl_records(js)[1]] == list(range(6))
+
+
+def test_dynconv_with_weights_without_a_mask_unit_runs_motion_masks(tmp_path):
+    """`--dynconv` (auto) on weights without a mask unit: motion masks, past their warm-up."""
+    out = tmp_path / "out"
+    r = cli(str(TWO), "--out-dir", str(out), "--dynconv", "--dynconv-margin", "3", "--no-progress", *FAST)
+    assert r.returncode == 0, r.stderr[-2000:]
+    meta, recs = jsonl_records(out / "two_people_courtyard.jsonl")
+    assert len(recs) == 40 == len(frames_of(TWO))

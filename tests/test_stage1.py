@@ -128,3 +128,12 @@ def test_training_continues_from_an_exported_weights_file(tmp_path):
     a = first.net.state_dict()["b2d_out.weight"]
     b = second.net.state_dict()["b2d_out.weight"]
     assert torch.allclose(a.half().float(), b)
+
+
+def test_a_forward_hook_fires_once_on_the_fast_dense_path():
+    net = Stage1Net(Stage1Config(backbone="selecsls42b")).eval()
+    calls = []
+    net.register_forward_hook(lambda mod, inp, out: calls.append(out.heatmaps))
+    with torch.no_grad():
+        out = net(torch.rand(1, 3, 64, 96) * 255)
+    assert net._fast_exec is not None and len(calls) == 1 and calls[0] is out.heatmaps

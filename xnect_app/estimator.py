@@ -149,7 +149,8 @@ class PoseEstimator:
             self.stage1, self.stage2 = _networks
             self.model_name = _name or f"{self.stage1.cfg.backbone} (in training)"
         elif random_init:
-            self.stage1 = Stage1Net(Stage1Config(backbone=backbone, dynconv=bool(dynconv)))
+            # a mask unit when learned masks are asked for; "auto" then means motion, as for the bundled weights
+            self.stage1 = Stage1Net(Stage1Config(backbone=backbone, dynconv=dynconv is True or dynconv == "learned"))
             self.stage2 = None
             self.model_name = f"{backbone} (random init, untrained)"
         else:

@@ -209,6 +209,9 @@ class Stage1Net(nn.Module):
         finally:
             self._sparse_exec, self._fast_exec = snapshots
         out.fast_dense = False
+        for m in out.modules():  # hooks on this network fire once, from its own forward
+            for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
+                hooks.clear()
         out.core = fuse_bn(out.core)
         for name, mod in list(out.named_children()):
             if not (isinstance(mod, nn.Sequential) and len(mod) == 3 and isinstance(mod[1], nn.BatchNorm2d)):
