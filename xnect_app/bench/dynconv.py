@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .. import skeleton
-from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction,
+from ..cli.model_args import (UserError, add_model_args, build_estimator, cells, estimator_kwargs, fraction,
                               non_negative_int, positive_int, run_cli)
 from ..estimator import letterbox
 from ..motion_mask import FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
@@ -462,14 +462,8 @@ def format_margin_table(reports: list[dict[str, Any]]) -> str:
 # --------------------------------------------------------------------------- command line
 
 def margins(text: str) -> list[int]:
-    """argparse type: comma-separated margins of 0 to 16 cells."""
-    try:
-        out = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: give whole numbers, e.g. 2 or 2,3,5") from None
-    if not out or any(not 0 <= v <= 16 for v in out):
-        raise argparse.ArgumentTypeError(f"{text!r}: margins are 0 to 16 cells")
-    return out
+    """argparse type: comma-separated margins (`cells`: 0 to 16 each)."""
+    return [cells(v) for v in text.split(",")]
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -15,7 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from xnect_app.cli.model_args import OneLineParser, non_negative_int, positive_int
+from xnect_app.cli.model_args import OneLineParser, non_negative_int, positive_int, score
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -33,16 +33,6 @@ def _size_list(text: str) -> tuple[tuple[int, int], ...]:
             raise argparse.ArgumentTypeError(f"size {item!r}: width and height must be >= 32")
         sizes.append((w, h))
     return tuple(sizes)
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{value} must be in [0, 1)")
-    return value
 
 
 # --------------------------------------------------------------------------- backbone
@@ -77,7 +67,7 @@ def add_backbone(subparsers) -> None:
                    help="input sizes (default: %(default)s)")
     p.add_argument("--batches", type=_int_list, default="1,16", metavar="N[,N]",
                    help="batch sizes (default: %(default)s; --quick: 1)")
-    p.add_argument("--sim-sparsity", type=_fraction, default=0.15, metavar="F",
+    p.add_argument("--sim-sparsity", type=score, default=0.15, metavar="F",
                    help="fraction of each layer's channels zeroed for the simulated-pruning "
                         "variant; 0 turns it off (default: %(default)s)")
     p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")

@@ -20,7 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import fail, input_size, score
+from .model_args import DEFAULT_MIN_SCORE, fail, input_size, score
 
 
 def _coco(a: argparse.Namespace) -> None:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
     c.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
     c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
-    c.add_argument("--min-score", type=score, default=0.2, metavar="S",
+    c.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
                    help="drop people scoring below S (default %(default)s, as every tool)")
     c.add_argument("--teacher3d", metavar="NPZ",
                    help="also the 3D agreement (MPJPE, PA-MPJPE in mm) with BlazePose labels of the same "

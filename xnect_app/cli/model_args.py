@@ -6,7 +6,10 @@ import re
 import sys
 from typing import Any, NoReturn
 
+from ..pose.paf import GroupingConfig
+
 DEFAULT_INPUT_SIZE = (512, 320)
+DEFAULT_MIN_SCORE = GroupingConfig.min_score
 
 
 def input_size(text: str) -> tuple[int, int]:
@@ -45,6 +48,26 @@ positive_int = whole_number(1)
 non_negative_int = whole_number(0)
 
 
+def ranged(convert, what: str, inside, shown: str):
+    """argparse type: `convert(text)` ("is not `what`" if it fails) that `inside` accepts
+    ("is not in `shown`" otherwise)."""
+    def parse(text: str):
+        try:
+            v = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not inside(v):
+            raise argparse.ArgumentTypeError(f"{v} is not in {shown}")
+        return v
+    parse.__name__ = f"{what} in {shown}"
+    return parse
+
+
+cells = ranged(int, "a whole number", lambda v: 0 <= v <= 16, "0..16")         # mask margins
+score = ranged(float, "a number", lambda v: 0.0 <= v < 1.0, "[0, 1)")          # person scores
+fraction = ranged(float, "a number", lambda v: 0.0 < v <= 1.0, "(0, 1]")       # shares
+
+
 def add_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model")
     g.add_argument("--weights", metavar="PATH", help="weights file (default: the bundled model in models/)")
@@ -56,9 +79,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="SelecSLS variant for --random-weights (weights files carry their own)")
     g.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
                    help="network input size, multiples of 16 (default 512x320)")
-    g.add_argument("--min-score", type=score, default=None, metavar="S",
+    g.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
                    help="drop people whose score (about 1 for a clear, whole person) is below S "
-                        "(default 0.2; 0.3 drops more false detections and some real people)")
+                        "(default %(default)s; 0.3 drops more false detections and some real people)")
     g.add_argument("--fov", type=float, default=None, metavar="DEG",
                    help="horizontal field of view of the camera in degrees (metric 3D depends on it; "
                         "default: the estimator's)")
@@ -87,39 +110,6 @@ def add_dynconv_args(group) -> None:
                             "(default 2; larger is slower and closer to the dense result)")
 
 
-def cells(text: str) -> int:
-    """argparse type for a margin of 0 to 16 cells."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if not 0 <= v <= 16:
-        raise argparse.ArgumentTypeError(f"{v} is not in 0..16")
-    return v
-
-
-def score(text: str) -> float:
-    """argparse type for a person score in [0, 1)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not in [0, 1)")
-    return v
-
-
-def fraction(text: str) -> float:
-    """argparse type for a share in (0, 1]."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"{v} is not in (0, 1]")
-    return v
-
-
 def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "dynconv_budget", None) is not None and not getattr(args, "dynconv", False):
         raise UserError("--dynconv-budget needs --dynconv")
@@ -142,7 +132,7 @@ def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, An
         kw["seed"] = args.seed
     if args.fov is not None:
         kw["fov"] = args.fov
-    if getattr(args, "min_score", None) is not None:
+    if hasattr(args, "min_score"):
         kw["min_score"] = args.min_score
     if getattr(args, "backend", "torch") != "torch":
         kw["backend"] = args.backend

@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from .model_args import UserError, add_dynconv_args, dynconv_kwargs, fail, input_size as parse_input_size, score
+from .model_args import (DEFAULT_MIN_SCORE, UserError, add_dynconv_args, dynconv_kwargs, fail,
+                         input_size as parse_input_size, score)
 
 LOG = logging.getLogger("xnect_app.server")
 
@@ -51,8 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--device", default="cpu")
     model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
                        "(default: the estimator's)")
-    model.add_argument("--min-score", type=score, default=None, metavar="S",
-                       help="drop people scoring below S (default 0.2)")
+    model.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
+                       help="drop people scoring below S (default %(default)s)")
     add_dynconv_args(model)
     model.add_argument("--no-skeleton-fit", action="store_true", help="skip the kinematic skeleton fit")
 
@@ -94,8 +95,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
     from ..estimator import PoseEstimator
     extra = {} if args.fov is None else {"fov": args.fov}
-    if args.min_score is not None:
-        extra["min_score"] = args.min_score
+    extra["min_score"] = args.min_score
     try:
         extra.update(dynconv_kwargs(args))
     except UserError as e:
