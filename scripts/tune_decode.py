@@ -56,8 +56,8 @@ def main() -> int:
     a = ap.parse_args()
     if "holdout" in a.coco:
         sys.exit("tune_decode: never tune on the holdout")
-    est = (PoseEstimator.from_checkpoint(a.checkpoint, tracking=False) if a.checkpoint
-           else PoseEstimator(a.weights, tracking=False))
+    est = (PoseEstimator.from_checkpoint(a.checkpoint, tracking=False, torch_thread=False) if a.checkpoint
+           else PoseEstimator(a.weights, tracking=False, torch_thread=False))
     data, img_dir = load_coco_json(a.coco)
     cache = stage1_outputs(est, data, img_dir)
     base = GroupingConfig()

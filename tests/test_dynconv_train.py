@@ -114,11 +114,12 @@ def _force_mask(est: PoseEstimator, share_left: float) -> None:
 
 def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weights):
     frames = _frames()
-    dense = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    masked = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    masked.stage1.set_sparse(False)  # masked-dense: the mask unit's mask, zero fill, every cell computed
     sparse = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02, dynconv=True)
-    for est in (dense, sparse):
+    for est in (masked, sparse):
         _force_mask(est, 0.5)
-    a, b = dense.detect_batch(frames), sparse.detect_batch(frames)
+    a, b = masked.detect_batch(frames), sparse.detect_batch(frames)
     stats = sparse.stage1.sparse_stats
     assert stats is not None and stats.sparse and 0.4 < stats.active < 0.6
     for ra, rb, f in zip(a, b, frames):
@@ -127,8 +128,32 @@ def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weight
             np.testing.assert_allclose(np.nan_to_num(pa.kp2d), np.nan_to_num(pb.kp2d), atol=1e-3)
         # The mask in frame pixels: the computed half of the network input, mapped through the letterbox.
         assert rb.dynconv_mask.shape == f.shape[:2]
-        np.testing.assert_array_equal(ra.dynconv_mask, rb.dynconv_mask)
         assert rb.dynconv_mask[:, :5].all() and not rb.dynconv_mask[:, -5:].any()
+
+
+def test_weights_with_a_mask_unit_run_dense_without_dynconv(dynconv_weights):
+    """Bundled weights may carry a mask unit; without --dynconv every cell is computed."""
+    frames = _frames()
+    est = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    _force_mask(est, 0.5)  # a mask that would drop the right half
+    plain = Stage1Net(Stage1Config.from_dict({**est.stage1.cfg.to_dict(), "dynconv": False}))
+    plain.load_state_dict({k: v for k, v in est.stage1.state_dict().items() if not k.startswith("mask_unit.")})
+    ref = PoseEstimator.from_networks(plain, est.stage2, tracking=False, threshold=0.02)
+    for ra, rb in zip(est.detect_batch(frames), ref.detect_batch(frames)):
+        assert ra.dynconv_mask is None and ra.computed_share is None
+        assert len(ra.people) == len(rb.people)
+        for pa, pb in zip(ra.people, rb.people):
+            np.testing.assert_allclose(np.nan_to_num(pa.kp2d), np.nan_to_num(pb.kp2d), atol=1e-3)
+
+
+def test_frozen_mask_training_moves_only_the_mask_unit(tmp_path, dense_weights):
+    cfg = _config(tmp_path, dense_weights, steps=10)
+    cfg.dynconv_freeze = True
+    Trainer(cfg).run()
+    trained = torch.load(tmp_path / "last.pt", map_location="cpu", weights_only=False)["model"]
+    dense = torch.load(dense_weights, weights_only=True)["stage1"]
+    assert all(torch.equal(v.float(), trained[k].float()) for k, v in dense.items())  # weights and BN statistics
+    assert float(trained["mask_unit.conv.bias"]) != 3.0  # the unit's initial bias: it trained
 
 
 def test_a_budget_caps_the_computed_share(dynconv_weights):

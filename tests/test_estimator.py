@@ -91,3 +91,28 @@ def test_exported_weights_load_into_the_estimator_and_give_the_same_maps(tmp_pat
         a, b = net(x), est.stage1(x)
     assert torch.allclose(a.heatmaps, b.heatmaps) and torch.allclose(a.enc3d, b.enc3d)
     assert est.model_name == "w"
+
+
+def test_networks_run_on_one_thread_whichever_thread_calls():
+    """A pipeline builds the estimator in the main thread and runs it in another; torch work must
+    stay on one thread (two OpenMP pools on 2 cores made DynConv Stage I 2x slower)."""
+    import threading
+
+    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False)
+    ran_on = []
+    est.stage1.register_forward_hook(lambda *_: ran_on.append(threading.get_ident()))
+    frame = np.full((96, 128, 3), 90, np.uint8)
+    est(frame)
+    worker = threading.Thread(target=est, args=(frame,))
+    worker.start()
+    worker.join()
+    assert len(ran_on) == 2 and ran_on[0] == ran_on[1]
+    assert ran_on[0] not in (threading.get_ident(), worker.ident)
+    with pytest.raises(ValueError, match="uint8 BGR"):  # errors reach the caller
+        est(frame.astype(np.float32))
+
+    inline = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False,
+                           torch_thread=False)
+    inline.stage1.register_forward_hook(lambda *_: ran_on.append(threading.get_ident()))
+    inline(frame)
+    assert ran_on[-1] == threading.get_ident()

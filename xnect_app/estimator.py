@@ -27,6 +27,7 @@ from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
 from .pose.paf import GroupingConfig
+from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
 
 _logger = logging.getLogger(__name__)
@@ -108,6 +109,10 @@ class PoseEstimator:
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
             too (default `MotionGate`'s 2): more cells, slower, closer to the dense result.
+        torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
+            whichever thread calls, so a capture or server thread does not slow torch down (up to
+            2x for DynConv). False runs them in the calling thread: for code that also runs torch
+            itself on one thread (training, benchmarks; `from_networks` defaults to False).
     """
 
     def __init__(self, weights: str | Path | None = None, backbone: str = "selecsls60",
@@ -116,8 +121,19 @@ class PoseEstimator:
                  threshold: float = 0.1, min_score: float = DEFAULT_MIN_SCORE, backend: str = "torch",
                  onnx_dir: str | Path | None = None, onnx_threads: int | None = None,
                  dynconv: bool | str = False, dynconv_budget: float | None = None, dynconv_margin: int | None = None,
-                 _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
+                 torch_thread: bool = True, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
                  _name: str | None = None):
+        self.torch_thread = bool(torch_thread)
+        setup = dict(locals())
+        del setup["self"], setup["torch_thread"]
+        self._on_torch(self._setup, **setup)
+
+    def _on_torch(self, fn, /, *args: Any, **kwargs: Any):
+        return on_torch_thread(fn, *args, **kwargs) if self.torch_thread else fn(*args, **kwargs)
+
+    def _setup(self, weights, backbone, input_size, device, fov, random_init, tracking, fit_skeleton, threshold,
+               min_score, backend, onnx_dir, onnx_threads, dynconv, dynconv_budget, dynconv_margin, _networks,
+               _name) -> None:
         w, h = input_size
         if w % 16 or h % 16:
             raise ValueError(f"input size {w}x{h}: width and height must be multiples of 16")
@@ -197,6 +213,8 @@ class PoseEstimator:
         if not mode:
             if budget is not None:
                 raise ValueError("a DynConv budget needs DynConv on (--dynconv)")
+            if self.stage1 is not None and self.stage1.cfg.dynconv:
+                self.stage1.set_sparse(False, mask_unit=False)  # weights with a mask unit, run dense
             return
         if mode not in ("learned", "motion"):
             raise ValueError(f"DynConv mask {mode!r}: choose auto, learned or motion")
@@ -225,7 +243,7 @@ class PoseEstimator:
         gate = self._gate if stream is None else self._stream_gate(stream)
         masks = [gate.update(img) for img in inputs]
         if any(m is None for m in masks):
-            self.stage1.set_sparse(False, mask_override=None)
+            self.stage1.set_sparse(False, mask_override=None, mask_unit=False)
             return False
         if gate.background_due():
             gate.network_background = gate.background_tensor(self.device)
@@ -247,15 +265,15 @@ class PoseEstimator:
     # -- construction helpers -----------------------------------------------------------------
     @classmethod
     def from_networks(cls, stage1: Stage1Net, stage2: Stage2Net | None, **kw: Any) -> "PoseEstimator":
+        """Networks the caller built; they run in the calling thread unless torch_thread=True."""
+        kw.setdefault("torch_thread", False)
         return cls(_networks=(stage1, stage2), **kw)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw: Any) -> "PoseEstimator":
         """A Stage I training checkpoint (runs/.../last.pt), without Stage II."""
-        ck = torch.load(path, map_location="cpu", weights_only=False)
-        net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
-        net.load_state_dict(ck["model"])
-        return cls(_networks=(net, None), _name=f"{Path(path).parent.name}@{ck.get('step', 0)}", **kw)
+        net, step = on_torch_thread(_load_checkpoint, path) if kw.get("torch_thread", True) else _load_checkpoint(path)
+        return cls(_networks=(net, None), _name=f"{Path(path).parent.name}@{step}", **kw)
 
     def reset(self) -> None:
         """Start a new sequence: forget identities and filter state."""
@@ -273,7 +291,6 @@ class PoseEstimator:
         return Intrinsics.from_fov(width, height, self.fov)
 
     # -- inference ------------------------------------------------------------------------------
-    @torch.inference_mode()
     def detect_batch(self, frames: Sequence[np.ndarray],
                      streams: Sequence[Hashable] | None = None) -> list[FrameResult]:
         """Stage I + II and root translation for several frames at once; no tracking.
@@ -283,6 +300,11 @@ class PoseEstimator:
         several static cameras can share a batch (`forget_stream` drops one). Without it, all
         frames are taken as consecutive frames of one stream.
         """
+        return self._on_torch(self._detect_batch, frames, streams)
+
+    @torch.inference_mode()
+    def _detect_batch(self, frames: Sequence[np.ndarray],
+                      streams: Sequence[Hashable] | None) -> list[FrameResult]:
         if not frames:
             return []
         if streams is not None and len(streams) != len(frames):
@@ -347,9 +369,9 @@ class PoseEstimator:
                 w, h = self.input_size
                 return np.ones((n, h // STRIDE, w // STRIDE), np.float32)
             return net.sparse_stats.mask[:, 0].float().cpu().numpy()
-        if not net.cfg.dynconv:
+        if not net.cfg.dynconv or not self.dynconv:
             return None
-        stats = net.sparse_stats if self.dynconv else None
+        stats = net.sparse_stats
         mask = stats.mask if stats is not None else net.last_mask
         return None if mask is None else mask[:, 0].float().cpu().numpy()
 
@@ -419,6 +441,13 @@ def _solve_roots(kp3d_mm: np.ndarray, kp2d: np.ndarray, intr: Intrinsics) -> np.
 
     roots, ok = solve_root_translation(kp3d_mm, kp2d, intr)
     return np.where(np.asarray(ok)[:, None], roots, np.nan)
+
+
+def _load_checkpoint(path: str | Path) -> tuple[Stage1Net, int]:
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
+    net.load_state_dict(ck["model"])
+    return net, int(ck.get("step", 0))
 
 
 def load_weights(path: str | Path) -> tuple[Stage1Net, Stage2Net | None]:

@@ -241,7 +241,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     if threads:
         torch.set_num_threads(threads)
     if estimator is None:
-        estimator = build_estimator(random_init=True, tracking=False)
+        estimator = build_estimator(random_init=True, tracking=False, torch_thread=False)
     est = estimator
     est.tracking = False
     est.reset()
@@ -284,7 +284,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     load_before = _loadavg()
 
     def dense(frame):
-        net.set_sparse(False, None)
+        net.set_sparse(False, None, mask_unit=False)
         return est.detect_batch([frame])[0]
 
     def sparse(frame, mask):
@@ -312,7 +312,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             errors = map_errors(out["dense"], out["sparse"], st.mask, margin if not learned else 0)
             agree, matched = frame_agreement(got["dense"][0].people, got["sparse"][0].people)
             if stability:
-                net.set_sparse(False, None)
+                net.set_sparse(False, None, mask_unit=False)
                 floor = {name: frame_agreement(got["dense"][0].people, est.detect_batch([change(frame)])[0].people)
                          for name, change in IMPERCEPTIBLE_CHANGES.items()}
             rows.append({
@@ -327,7 +327,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                 **({"stability": floor} if stability else {}),
             })
         hook.remove()
-    net.set_sparse(False, None, background=None)
+    net.set_sparse(False, None, background=None, mask_unit=False)
     report = _report(rows, est, learned, budget, margin, video, load_before, torch.get_num_threads())
     if causal:
         report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: median background of past frames only, "
@@ -409,7 +409,7 @@ def run_break_even_sweep(net, size: tuple[int, int] = (512, 320),
                         "ratio": round(sp / md, 3)})
             _logger.info("sweep: active %.2f cost %.2f sparse %.0f ms masked-dense %.0f ms",
                          st.active, st.cost_fraction, sp, md)
-    net.set_sparse(False, None)
+    net.set_sparse(False, None, mask_unit=False)
     return out
 
 
@@ -510,9 +510,9 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.checkpoint).is_file():
             raise UserError(f"{args.checkpoint}: no such checkpoint")
         est = PoseEstimator.from_checkpoint(args.checkpoint, input_size=tuple(args.input_size),
-                                            tracking=False)
-    else:
-        est = build_estimator(**estimator_kwargs(args, tracking=False))
+                                            tracking=False, torch_thread=False)
+    else:  # this bench runs the networks itself, on this thread
+        est = build_estimator(**estimator_kwargs(args, tracking=False), torch_thread=False)
     report: dict[str, Any] = {}
     reports = []
     for i, margin in enumerate(args.margin if args.frames else []):

@@ -157,7 +157,7 @@ def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Pat
     except ValueError as e:
         raise UserError(str(e)) from None
     quantize_stage1_int8(d, calib, cfg.calib_method)
-    est = PoseEstimator(backend="onnxruntime", onnx_dir=d, onnx_threads=cfg.threads, **kw)
+    est = PoseEstimator(backend="onnxruntime", onnx_dir=d, onnx_threads=cfg.threads, torch_thread=False, **kw)
     return est, {"calibration_images": len(calib), "calibration_from": str(cfg.calib_dir),
                  "calibration_method": cfg.calib_method}
 
@@ -350,7 +350,7 @@ def _networks(args: argparse.Namespace):
     if args.checkpoint:
         if not Path(args.checkpoint).is_file():
             raise UserError(f"checkpoint {args.checkpoint!r} not found")
-        est = PoseEstimator.from_checkpoint(args.checkpoint, tracking=False)
+        est = PoseEstimator.from_checkpoint(args.checkpoint, tracking=False, torch_thread=False)
         return est.stage1, None, est.model_name
     path = Path(args.weights) if args.weights else default_weights_path()
     if not path.is_file():

@@ -95,9 +95,8 @@ def benchmark_pipeline(video: str | Path, estimator, *, frames: int = 150, warmu
 
 
 def _run_off_main_thread(pipe):
-    """Run in a fresh thread: on some machines torch's OpenMP convolutions are several times
-    slower when called from the main thread (seen on a loaded 2-core box with 2 torch threads),
-    which would flatter the threaded mode, whose inference runs in a worker thread."""
+    """Run in a fresh thread while the main thread waits for Ctrl-C. Either way the estimator's
+    torch work runs on its torch thread (torch_thread.py), as in the demo."""
     import threading
     box: dict[str, Any] = {}
 

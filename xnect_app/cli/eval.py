@@ -4,6 +4,7 @@ Examples:
     xnect-eval coco ../shared/data/coco_dev                      # default weights, 512x320
     xnect-eval coco ../shared/data/coco_dev --weights models/xnect_selecsls60.pt --json
     xnect-eval coco DIR --checkpoint runs/xnect60/last.pt         # a training checkpoint
+    xnect-eval coco ../shared/data/coco_dev --dynconv             # DynConv sparse path (mask unit)
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --teacher3d adds the root-relative 3D error against the BlazePose
@@ -20,7 +21,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import DEFAULT_MIN_SCORE, fail, input_size, score
+from .model_args import DEFAULT_MIN_SCORE, fail, fraction, input_size, score
 
 
 def _coco(a: argparse.Namespace) -> None:
@@ -31,15 +32,14 @@ def _coco(a: argparse.Namespace) -> None:
         load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
+    kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
+              min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget)
     try:
         if a.checkpoint:
-            est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=tuple(a.input_size),
-                                                tracking=False, fit_skeleton=False, threshold=a.threshold,
-                                                min_score=a.min_score)
+            est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
         else:
-            est = PoseEstimator(weights=a.weights, input_size=tuple(a.input_size), tracking=False,
-                                fit_skeleton=False, threshold=a.threshold, min_score=a.min_score)
-    except FileNotFoundError as e:
+            est = PoseEstimator(weights=a.weights, **kw)
+    except (FileNotFoundError, ValueError) as e:
         fail("xnect-eval", str(e), code=2)
     if a.teacher3d and not Path(a.teacher3d).is_file():
         fail("xnect-eval", f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
@@ -47,6 +47,7 @@ def _coco(a: argparse.Namespace) -> None:
     res = evaluate_coco(est, a.path, teacher3d=a.teacher3d)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
+    res["dynconv"] = bool(a.dynconv)
     if a.json:
         print(json.dumps(res, indent=2))
     else:
@@ -55,6 +56,8 @@ def _coco(a: argparse.Namespace) -> None:
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
         print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
+        if "computed_share" in res:
+            print(f"  DynConv            {res['computed_share']:.3f} of the stride-8 cells computed (mean)")
         t = res.get("teacher3d")
         if t is not None:
             if t["persons"]:
@@ -81,6 +84,10 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--teacher3d", metavar="NPZ",
                    help="also the 3D agreement (MPJPE, PA-MPJPE in mm) with BlazePose labels of the same "
                         "people, e.g. data_cache/eval_teacher_coco_dev.npz")
+    c.add_argument("--dynconv", action="store_true",
+                   help="run the DynConv sparse path with the weights' mask unit (motion masks need video)")
+    c.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
+                   help="with --dynconv, compute at most this share of each image")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

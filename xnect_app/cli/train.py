@@ -32,7 +32,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
                       lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s),
                       dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
-                      dynconv_epochs=a.dynconv_epochs, dynconv_lr=a.dynconv_lr,
+                      dynconv_epochs=a.dynconv_epochs, dynconv_lr=a.dynconv_lr, dynconv_freeze=a.dynconv_freeze,
                       channels_last=not a.no_channels_last,
                       loss=dataclasses.asdict(LossWeights(heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="length of the sparsity schedule in epochs of --epoch-steps (default %(default)s)")
     s1.add_argument("--dynconv-lr", type=float, default=1e-2,
                     help="learning rate of the mask unit (default %(default)s; it follows the warm-up and decays)")
+    s1.add_argument("--dynconv-freeze", action="store_true",
+                    help="train the mask unit alone: the network (weights and BN statistics) stays as loaded, "
+                         "so dense inference is unchanged")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)

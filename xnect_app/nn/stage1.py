@@ -119,6 +119,7 @@ class Stage1Net(nn.Module):
         self.dynconv_costs: list[dynconv.LayerCost] = []  # from the last masked forward
         self.last_mask: torch.Tensor | None = None         # N x 1 x H/8 x W/8, last masked forward
         self._sparse_on = False
+        self._use_mask_unit = True
         self._sparse_exec: dynconv.SparseStage1 | None = None
         self._mask_override: torch.Tensor | None = None
         self._dense_above = dynconv.DENSE_ABOVE
@@ -146,7 +147,7 @@ class Stage1Net(nn.Module):
     def set_sparse(self, enabled: bool = True, mask_override: torch.Tensor | None = None,
                    dense_above: float | None = None,
                    background: torch.Tensor | None | bool = False,
-                   first_block: int | None = None) -> "Stage1Net":
+                   first_block: int | None = None, mask_unit: bool = True) -> "Stage1Net":
         """Switch DynConv sparse execution (eval mode, CPU) on or off.
 
         Args:
@@ -162,6 +163,9 @@ class Stage1Net(nn.Module):
                 DynConv, on a static camera); None clears it, False keeps it.
             first_block: first masked SelecSLS block when the mask is `mask_override` (default
                 `cfg.dynconv_from`; earlier = more of the network sparse).
+            mask_unit: with enabled=False and no mask_override, False ignores the mask unit and
+                runs the whole network dense (True: masked-dense with the unit's own mask, the
+                reference of the sparse path). Training always uses the mask unit.
         The executor snapshots the weights (BN folded); `train()`, `eval()` and `load_state_dict`
         drop it, and it is rebuilt on the next sparse forward.
         """
@@ -177,6 +181,7 @@ class Stage1Net(nn.Module):
                 raise ValueError(f"first_block must be in 0..{len(self.core.features) - 1}")
         self._first_masked = first
         self._sparse_on = bool(enabled)
+        self._use_mask_unit = bool(mask_unit) or bool(enabled)
         self._mask_override = mask_override
         if dense_above is not None:
             self._dense_above = float(dense_above)
@@ -233,7 +238,7 @@ class Stage1Net(nn.Module):
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> Stage1Output:
-        if self.cfg.dynconv or self._mask_override is not None:
+        if (self.cfg.dynconv and (self._use_mask_unit or self.training)) or self._mask_override is not None:
             if self._sparse_on and not self.training:
                 if self._sparse_exec is None:
                     self._sparse_exec = dynconv.SparseStage1(self, self.cfg.dynconv_from, self._dense_above)

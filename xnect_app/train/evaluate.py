@@ -39,9 +39,11 @@ def load_coco_json(path_or_dir: str | Path) -> tuple[dict[str, Any], Path]:
 
 
 def predict_coco(estimator: Callable[[np.ndarray], Any], data: dict[str, Any], img_dir: Path,
-                 people_out: dict[int, list] | None = None) -> list[dict[str, Any]]:
+                 people_out: dict[int, list] | None = None,
+                 shares_out: list[float] | None = None) -> list[dict[str, Any]]:
     """Run the estimator on every image of a COCO json; COCO-format keypoint results (and, into
-    `people_out`, the `Person`s of each image id)."""
+    `people_out`, the `Person`s of each image id; into `shares_out`, each DynConv frame's
+    computed share)."""
     results = []
     for im in data["images"]:
         img = cv2.imread(str(image_path(img_dir, im["file_name"])))
@@ -50,6 +52,8 @@ def predict_coco(estimator: Callable[[np.ndarray], Any], data: dict[str, Any], i
         fr = estimator(img)
         if people_out is not None:
             people_out[im["id"]] = list(fr.people)
+        if shares_out is not None and getattr(fr, "computed_share", None) is not None:
+            shares_out.append(float(fr.computed_share))
         for p in fr.people:
             results.append({"image_id": im["id"], "category_id": 1,
                             "keypoints": person_to_coco17(p.kp2d), "score": float(p.score)})
@@ -143,7 +147,8 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
     `python -m xnect_app.train.teacher --for-eval`) also the 3D agreement with the teacher."""
     data, img_dir = load_coco_json(coco_dir)
     people: dict[int, list] = {}
-    results = predict_coco(estimator, data, img_dir, people)
+    shares: list[float] = []
+    results = predict_coco(estimator, data, img_dir, people, shares)
     all17 = coco_ap(data, results)
     body = coco_ap(data, results, skeleton.COCO17_BODY)
     n_gt = sum(1 for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
@@ -151,6 +156,8 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
            "ap_body": body["ap"], "ap50_body": body["ap50"], "ar_body": body["ar"],
            "pck_body@0.2": pck(data, results), "images": len(data["images"]), "gt_persons": n_gt,
            "detections": len(results)}
+    if shares:  # DynConv: mean share of the stride-8 cells computed
+        out["computed_share"] = float(np.mean(shares))
     if teacher3d is not None:
         from .teacher import TeacherLabels
         out["teacher3d"] = teacher_3d_agreement(data, people, TeacherLabels.load(teacher3d))

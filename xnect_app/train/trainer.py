@@ -65,6 +65,9 @@ class TrainConfig:
     # The mask unit's own learning rate: it starts saturated (bias 3, all cells on), and at the
     # network's 5e-4 (let alone 5e-5) Adam would need thousands of steps to move it at all.
     dynconv_lr: float = 1e-2
+    # Train the mask unit alone: the network's weights and BN statistics stay as loaded, so the
+    # dense path is unchanged and the masks learn where skipping costs the pose losses least.
+    dynconv_freeze: bool = False
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
@@ -137,7 +140,12 @@ class Trainer:
             self.net.to(memory_format=torch.channels_last)
         mask_params = list(self.net.mask_unit.parameters()) if cfg.dynconv else []
         mask_ids = {id(p) for p in mask_params}
-        groups = [{"params": [p for p in self.net.parameters() if id(p) not in mask_ids], "name": "net"}]
+        net_params = [p for p in self.net.parameters() if id(p) not in mask_ids]
+        if cfg.dynconv and cfg.dynconv_freeze:
+            for p in net_params:
+                p.requires_grad_(False)
+            net_params = []
+        groups = [{"params": net_params, "name": "net"}] if net_params else []
         if mask_params:
             groups.append({"params": mask_params, "name": "mask_unit", "weight_decay": 0.0})
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -253,7 +261,7 @@ class Trainer:
         last_save = time.time()
         loader = self._loader()
         weights = LossWeights(**cfg.loss)
-        self.net.train()
+        self._train_mode()
         while not self._stop:
             t_epoch = time.time()
             sums: dict[str, float] = {}
@@ -322,14 +330,26 @@ class Trainer:
 
         self.net.eval()
         try:
-            est = PoseEstimator.from_networks(self.net, None, tracking=False, fit_skeleton=False)
+            # DynConv: the sparse path with the mask unit's masks
+            est = PoseEstimator.from_networks(self.net, None, tracking=False, fit_skeleton=False,
+                                              dynconv="learned" if self.cfg.dynconv else False)
             res = evaluate_coco(est, self.cfg.dev_set)
-            return {"dev_ap": res["ap"], "dev_ap_body": res["ap_body"], "dev_pck": res["pck_body@0.2"]}
+            out = {"dev_ap": res["ap"], "dev_ap_body": res["ap_body"], "dev_pck": res["pck_body@0.2"]}
+            if "computed_share" in res:
+                out["dev_active"] = res["computed_share"]
+            return out
         except Exception as e:  # evaluation must never kill a long training run
             _logger.warning("dev evaluation failed: %s", e)
             return {}
         finally:
-            self.net.train()
+            self._train_mode()
+
+    def _train_mode(self) -> None:
+        self.net.train()
+        if self.cfg.dynconv and self.cfg.dynconv_freeze:  # keep the loaded BN statistics
+            for m in self.net.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     def _dynconv_epoch(self) -> int:
         return (self.step - self.dynconv_start) // max(1, self.cfg.epoch_steps)
