@@ -287,3 +287,18 @@ def test_motion_masks_need_a_stream_and_no_budget():
         PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", tracking=False)
     with pytest.raises(ValueError, match="learned masks"):
         PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", dynconv_budget=0.3)
+
+
+def test_person_cells_cover_each_labelled_box_and_ignore_unlabelled_people():
+    from xnect_app.train.trainer import person_cells
+    kp = np.zeros((2, 19, 3), np.float32)
+    kp[0, :2] = [[40, 40, 2], [80, 120, 2]]  # a person from (40, 40) to (80, 120)
+    kp[1, 0] = [200, 200, 2]                  # one joint: no box
+    ignore = np.zeros((256, 256), np.uint8)
+    ignore[200:, 200:] = 1
+    cells, weight = person_cells(kp, ignore, (32, 32), 8, grow=0.15)
+    ys, xs = np.nonzero(cells)
+    # grown by 0.15 * 80 = 12 px: x 28..92 -> cells 3..11, y 28..132 -> cells 3..16
+    assert (xs.min(), xs.max(), ys.min(), ys.max()) == (3, 11, 3, 16)
+    assert cells.sum() == 9 * 14
+    assert weight[30, 30] == 0 and weight[10, 10] == 1

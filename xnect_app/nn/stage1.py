@@ -46,6 +46,7 @@ class Stage1Config:
     dynconv: bool = False
     dynconv_budget: float = 0.25  # target share of the masked MACs (sparsity loss)
     dynconv_from: int = 2         # first masked SelecSLS block
+    dynconv_hidden: int = 32      # channels of the mask unit's context tower (0: one 3x3 conv)
 
     def to_dict(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -138,7 +139,7 @@ class Stage1Net(nn.Module):
             raise ValueError(f"dynconv_from={first}: the mask unit must read a stride-4 or stride-8 "
                              f"block output (block output strides {red})")
         tap = self.core.cfg.blocks[first - 1].out_chs
-        self.mask_unit = dynconv.MaskUnit(tap, stride=8 // red[first - 1])
+        self.mask_unit = dynconv.MaskUnit(tap, stride=8 // red[first - 1], hidden=self.cfg.dynconv_hidden)
 
     @property
     def first_masked_block(self) -> int:
@@ -271,6 +272,13 @@ class Stage1Net(nn.Module):
         if self.training:
             return dynconv.gumbel_mask(logits, self.dynconv_tau, self.dynconv_noise)
         return dynconv.hard_mask(logits, self.dynconv_max_active)
+
+    def mask_tap(self, x: torch.Tensor) -> torch.Tensor:
+        """The features the mask unit reads (the output of the block before `cfg.dynconv_from`)."""
+        feats = [self.core.stem(self.normalise(x))]
+        for block in self.core.features[:self.cfg.dynconv_from]:
+            feats = block(feats)
+        return feats[0]
 
     def _forward_masked(self, x: torch.Tensor) -> Stage1Output:
         """Masked-dense DynConv forward (training, and the reference of the sparse path).

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .. import skeleton
@@ -65,9 +66,14 @@ class TrainConfig:
     # The mask unit's own learning rate: it starts saturated (bias 3, all cells on), and at the
     # network's 5e-4 (let alone 5e-5) Adam would need thousands of steps to move it at all.
     dynconv_lr: float = 1e-2
-    # Train the mask unit alone: the network's weights and BN statistics stay as loaded, so the
-    # dense path is unchanged and the masks learn where skipping costs the pose losses least.
+    # Train the mask unit alone, supervised: it learns the cells of people's boxes (from the 2D
+    # labels, grown by `person_grow`) with the network frozen as loaded, so the dense path is
+    # unchanged. (Trained through the frozen network with the sparsity loss instead, it learned
+    # the opposite: with zero fill an untrained-for network outputs garbage around people, so the
+    # mask went off on people and on on background; box masks keep its coco_dev AP.)
     dynconv_freeze: bool = False
+    person_grow: float = 0.15      # box growth per side, share of the box's larger side
+    person_pos_weight: float = 3.0  # BCE weight of person cells: missing a person costs more than background
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
@@ -75,7 +81,8 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
     """Images (BGR float 0..255) and rendered, masked targets for a list of training samples."""
     from ..pose.targets import render_targets
 
-    imgs, maps = [], {k: [] for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight", "hm_mask", "paf_mask")}
+    imgs, maps = [], {k: [] for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight", "hm_mask", "paf_mask",
+                                      "person_cells", "person_weight")}
     for s in samples:
         img = _get(s, "image")
         h, w = img.shape[:2]
@@ -87,7 +94,35 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
             maps[k].append(torch.from_numpy(t[k]))
         maps["hm_mask"].append(torch.from_numpy(hm_mask))
         maps["paf_mask"].append(torch.from_numpy(paf_mask))
+        cells, weight = person_cells(_get(s, "kp2d"), _get(s, "ignore_mask"), t["heatmaps"].shape[1:], stride)
+        maps["person_cells"].append(torch.from_numpy(cells))
+        maps["person_weight"].append(torch.from_numpy(weight))
     return torch.stack(imgs), {k: torch.stack(v) for k, v in maps.items()}
+
+
+def person_cells(kp2d: np.ndarray, ignore_mask: np.ndarray | None, hw: tuple[int, int], stride: int,
+                 grow: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Target of a supervised DynConv mask unit: 1 on the stride cells touched by a person's box
+    (the box of the labelled joints, grown by `grow` of its larger side each way, at least one
+    cell), and a weight that is 0 where unlabelled people are (ignore_mask)."""
+    h, w = hw
+    cells = np.zeros((h, w), np.float32)
+    for kp in kp2d:
+        seen = kp[kp[:, 2] > 0, :2]
+        if len(seen) < 2:
+            continue
+        (x0, y0), (x1, y1) = seen.min(0), seen.max(0)
+        g = max(grow * max(x1 - x0, y1 - y0), stride)
+        c0, r0 = int(max((x0 - g) // stride, 0)), int(max((y0 - g) // stride, 0))
+        c1, r1 = int(min((x1 + g) // stride, w - 1)), int(min((y1 + g) // stride, h - 1))
+        if c1 >= c0 and r1 >= r0:
+            cells[r0:r1 + 1, c0:c1 + 1] = 1.0
+    weight = np.ones((h, w), np.float32)
+    if ignore_mask is not None and ignore_mask.any():
+        m = ignore_mask[: h * stride, : w * stride]
+        m = np.pad(m, ((0, h * stride - m.shape[0]), (0, w * stride - m.shape[1])))
+        weight[m.reshape(h, stride, w, stride).max((1, 3)) > 0] = 0.0
+    return cells, weight
 
 
 def target_masks(labelled_2d: np.ndarray, ignore_mask: np.ndarray | None, hw: tuple[int, int],
@@ -277,9 +312,12 @@ class Trainer:
                 targets = {k: v.to(self.device) for k, v in targets.items()}
                 if cfg.dynconv:
                     self.net.dynconv_noise = self._dynconv_epoch() < 0.8 * cfg.dynconv_epochs
-                out = self.model(imgs)
-                loss, parts = stage1_loss(out, targets, weights)
-                if cfg.dynconv:
+                if cfg.dynconv and cfg.dynconv_freeze:
+                    loss, parts = self._mask_unit_loss(imgs, targets)
+                else:
+                    out = self.model(imgs)
+                    loss, parts = stage1_loss(out, targets, weights)
+                if cfg.dynconv and not cfg.dynconv_freeze:
                     sp = dynconv.sparsity_loss(self.net.dynconv_costs, cfg.dynconv_budget, self._dynconv_epoch(),
                                                cfg.dynconv_epochs, weight=cfg.dynconv_weight)
                     loss = loss + sp.total
@@ -293,7 +331,12 @@ class Trainer:
                 n += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
-                if self.step % 10 == 0 and self.rank == 0:
+                if self.step % 10 == 0 and self.rank == 0 and "mask_bce" in parts:
+                    rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
+                    _logger.info("step %d  mask unit BCE %.4f  active %.3f  person cells active %.3f  "
+                                 "background cells active %.3f  %.1f img/s", self.step, parts["mask_bce"],
+                                 parts["active"], parts["recall"], parts["background_on"], rate)
+                elif self.step % 10 == 0 and self.rank == 0:
                     rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
                     extra = (f"  cost share {parts['active']:.3f} (budget {cfg.dynconv_budget})"
                              if cfg.dynconv else "")
@@ -343,6 +386,23 @@ class Trainer:
             return {}
         finally:
             self._train_mode()
+
+    def _mask_unit_loss(self, imgs: torch.Tensor, targets: dict[str, torch.Tensor]):
+        """BCE of the mask unit's logits against the cells of people's boxes (network frozen)."""
+        with torch.no_grad():
+            tap = self.net.mask_tap(imgs)
+        logits = self.net.mask_unit(tap)[:, 0]
+        cells, weight = targets["person_cells"], targets["person_weight"]
+        h, w = min(logits.shape[1], cells.shape[1]), min(logits.shape[2], cells.shape[2])
+        logits, cells, weight = logits[:, :h, :w], cells[:, :h, :w], weight[:, :h, :w]
+        bce = F.binary_cross_entropy_with_logits(
+            logits, cells, weight=weight, pos_weight=torch.tensor(self.cfg.person_pos_weight, device=logits.device))
+        on = (logits.detach() >= 0).float()
+        person, background = (cells > 0) & (weight > 0), (cells == 0) & (weight > 0)
+        parts = {"mask_bce": float(bce.detach()), "total": float(bce.detach()), "active": float(on.mean()),
+                 "recall": float(on[person].mean()) if person.any() else 1.0,
+                 "background_on": float(on[background].mean()) if background.any() else 0.0}
+        return bce, parts
 
     def _train_mode(self) -> None:
         self.net.train()
