@@ -212,7 +212,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                       json_out: str | Path | None = None, estimator=None, start: int = 0,
                       threads: int | None = None, margin: int = 2,
                       dense_above: float | None = None, fill: str = "background",
-                      first_block: int | None = None, mask_source: str = "oracle",
+                      first_block: int | None = None, mask_source: str | None = None,
                       stability: bool = False) -> dict[str, Any]:
     """Sparse vs dense Stage I on `frames` frames of `video` at the estimator's input size.
 
@@ -230,9 +230,10 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             features of the median background image) or "zero" (what DynConv training uses).
         first_block: first masked SelecSLS block with a motion mask (default
             `motion_mask.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
-        mask_source: for networks without a mask unit: "oracle" (median of the whole clip) or
+        mask_source: "learned" (the network's mask unit), "oracle" (median of the whole clip) or
             "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
-            past frames; it sees `warmup` frames before the timed ones).
+            past frames; it sees `warmup` frames before the timed ones); None: learned when the
+            network has a mask unit, else oracle.
         stability: also compare dense with dense on the same frame slightly changed (re-encoded
             as JPEG quality 95; shifted by one pixel), untimed: how far the model's own output
             moves under changes a viewer cannot see, the yardstick for the sparse agreement.
@@ -246,14 +247,18 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     est.tracking = False
     est.reset()
     net = est.stage1
-    learned = bool(net.cfg.dynconv)
+    if mask_source is None:
+        mask_source = "learned" if net.cfg.dynconv else "oracle"
+    if mask_source not in ("learned", "oracle", "motion"):
+        raise ValueError(f"mask_source must be 'learned', 'oracle' or 'motion', not {mask_source!r}")
+    if mask_source == "learned" and not net.cfg.dynconv:
+        raise UserError("--mask learned: the weights have no DynConv mask unit")
+    learned = mask_source == "learned"
     if first_block is None:
         first_block = FIRST_MASKED_BLOCK
     size = est.input_size
     if not Path(video).is_file():
         raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
-    if mask_source not in ("oracle", "motion"):
-        raise ValueError(f"mask_source must be 'oracle' or 'motion', not {mask_source!r}")
     causal = not learned and mask_source == "motion"
     gate = None
     if causal:  # the gate first sees the frames before the timed ones (its warm-up)
@@ -487,9 +492,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--first-block", type=non_negative_int, default=None, metavar="I",
                    help="first masked SelecSLS block with a motion mask (default 0 = everything "
                         "after the stem, as --dynconv-mask motion runs)")
-    p.add_argument("--mask", choices=("oracle", "motion"), default="oracle",
-                   help="for weights without a mask unit: the oracle motion mask (whole-clip median) or "
-                        "the causal motion mask of --dynconv-mask motion (default %(default)s)")
+    p.add_argument("--mask", choices=("learned", "oracle", "motion"), default=None,
+                   help="the weights' mask unit (learned), the oracle motion mask (whole-clip median) or "
+                        "the causal motion mask of --dynconv-mask motion (default: learned if the weights "
+                        "have a mask unit, else oracle)")
     p.add_argument("--stability", action="store_true",
                    help="also report dense vs dense on each frame re-encoded as JPEG 95 and shifted by "
                         "1 px (untimed): the model's own agreement under invisible changes")

@@ -96,13 +96,14 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 def add_dynconv_args(group) -> None:
     group.add_argument("--dynconv", action="store_true",
-                       help="DynConv: compute Stage I only where people are: where the weights' mask "
-                            "unit expects them, or, for weights without one (the bundled model), where the "
-                            "frame moves (a static camera); see --dynconv-mask")
+                       help="DynConv: compute Stage I only where people are: where the frame moves (video "
+                            "from a static camera) or where the weights' mask unit expects them (images); "
+                            "see --dynconv-mask")
     group.add_argument("--dynconv-mask", choices=("auto", "learned", "motion"), default="auto",
                        help="with --dynconv: where the mask comes from: the weights' mask unit (learned) or "
                             "motion against a background learnt from past frames (static cameras; any "
-                            "weights); auto (default): learned if the weights have a mask unit, else motion")
+                            "weights); auto (default): motion for video, the mask unit for images or with "
+                            "--dynconv-budget")
     group.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                        help="with --dynconv (learned masks): compute at most this share of the frame")
     group.add_argument("--dynconv-margin", type=cells, default=None, metavar="N",

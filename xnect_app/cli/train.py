@@ -3,12 +3,13 @@
 Examples:
     xnect-train stage1 --out runs/xnect60 --max-hours 2          # start or resume
     xnect-train stage1 --out runs/xnect60 --init models/xnect_selecsls60.pt  # continue the default
-    xnect-train stage1 --out runs/dyn60 --init models/xnect_selecsls60.pt --dynconv --dynconv-budget 0.25
+    xnect-train stage1 --out runs/dynmask --init models/xnect_selecsls60.pt --dynconv --dynconv-freeze \
+        --epoch-steps 100 --dynconv-lr 3e-3 --lr-decay-at 18900 --max-hours 0.5   # fit a mask unit
     xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
     torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
     xnect-train stage2 --out runs/stage2 --steps 3000
     xnect-train export --stage1 runs/xnect60/last.pt --stage2 runs/stage2/last.pt \
-        --out models/xnect_selecsls60.pt
+        [--mask-unit runs/dynmask/last.pt] --out models/xnect_selecsls60.pt
 """
 from __future__ import annotations
 
@@ -60,10 +61,13 @@ def _stage2(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from ..train.export import export_weights
 
-    for p in (a.stage1, a.stage2):
+    for p in (a.stage1, a.stage2, a.mask_unit):
         if p and not Path(p).is_file():
             fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
-    export_weights(a.stage1, a.stage2, a.out, half=not a.fp32)
+    try:
+        export_weights(a.stage1, a.stage2, a.out, half=not a.fp32, mask_unit_ckpt=a.mask_unit)
+    except ValueError as e:
+        fail("xnect-train", str(e), code=2)
     print(f"wrote {a.out}")
 
 
@@ -131,6 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
     ex.add_argument("--stage1", required=True)
     ex.add_argument("--stage2")
+    ex.add_argument("--mask-unit", metavar="CKPT",
+                    help="add the DynConv mask unit of a `stage1 --dynconv --dynconv-freeze` run fitted to "
+                         "this Stage I (e.g. runs/dynmask/last.pt)")
     ex.add_argument("--out", default="models/xnect_selecsls60.pt")
     ex.add_argument("--fp32", action="store_true", help="keep float32 (default: float16 storage)")
     ex.set_defaults(fn=_export)

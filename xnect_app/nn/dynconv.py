@@ -106,12 +106,12 @@ class _StraightThrough(torch.autograd.Function):
         return grad
 
 
-def hard_mask(logits: torch.Tensor, max_active: float | None = None) -> torch.Tensor:
-    """Inference mask: 1 where logit >= 0 (no noise, no sigmoid).
+def hard_mask(logits: torch.Tensor, max_active: float | None = None, grow: int = 0) -> torch.Tensor:
+    """Inference mask: 1 where logit >= 0 (no noise, no sigmoid), grown by `grow` cells.
 
     max_active: at most this share of each image's cells stays active (the highest logits), a
     run-time cap on the cost for users who need a frame-rate floor."""
-    mask = (logits >= 0).to(logits.dtype)
+    mask = dilate((logits >= 0).to(logits.dtype), grow)
     if max_active is None or max_active >= 1.0:
         return mask
     flat = logits.flatten(1)
@@ -691,7 +691,7 @@ class SparseStage1:
         if mask_override is not None:
             m8 = as_mask(mask_override, x.shape[0], h8, w8)
         else:
-            m8 = hard_mask(self.net.mask_unit(feats[0]), self.net.dynconv_max_active)
+            m8 = hard_mask(self.net.mask_unit(feats[0]), self.net.dynconv_max_active, self.net.dynconv_grow)
         levels, cost = self._plan(m8, tuple(x.shape[-2:]))
         aligned = x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0
         use_sparse = aligned and cost <= self.dense_above

@@ -117,6 +117,10 @@ class Stage1Net(nn.Module):
         self.dynconv_tau = 1.0       # Gumbel temperature (training)
         self.dynconv_noise = True    # Gumbel noise on (training; the trainer turns it off late)
         self.dynconv_max_active: float | None = None  # inference cap on the active share (dynconv.hard_mask)
+        # Inference masks grow by this many cells around the mask unit's: on coco_dev (frozen
+        # network, unit fitted to box cells) body AP 0.086 at 41% of cells without, 0.105 at 49%
+        # with one (dense: 0.099).
+        self.dynconv_grow = 1
         self.dynconv_costs: list[dynconv.LayerCost] = []  # from the last masked forward
         self.last_mask: torch.Tensor | None = None         # N x 1 x H/8 x W/8, last masked forward
         self._sparse_on = False
@@ -271,7 +275,7 @@ class Stage1Net(nn.Module):
         logits = self.mask_unit(tap)
         if self.training:
             return dynconv.gumbel_mask(logits, self.dynconv_tau, self.dynconv_noise)
-        return dynconv.hard_mask(logits, self.dynconv_max_active)
+        return dynconv.hard_mask(logits, self.dynconv_max_active, self.dynconv_grow)
 
     def mask_tap(self, x: torch.Tensor) -> torch.Tensor:
         """The features the mask unit reads (the output of the block before `cfg.dynconv_from`)."""

@@ -15,8 +15,36 @@ def _state(path: str) -> tuple[dict, dict, dict]:
     return ck["model"], ck.get("stage1_config") or ck.get("stage2_config") or {}, ck
 
 
-def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True) -> None:
+def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict, dict]:
+    """Stage I weights plus the DynConv mask unit of a `--dynconv --dynconv-freeze` run fitted to
+    this very network (checked to float16 precision, the bundled weights' storage)."""
+    m, m_cfg, ck = _state(mask_ckpt)
+    if not m_cfg.get("dynconv") or not any(k.startswith("mask_unit.") for k in m):
+        raise ValueError(f"{mask_ckpt}: no DynConv mask unit in this checkpoint")
+    for k, v in s1.items():
+        if k.startswith("mask_unit."):
+            continue
+        if k not in m or not torch.equal(v.half() if v.is_floating_point() else v,
+                                          m[k].half() if m[k].is_floating_point() else m[k]):
+            raise ValueError(f"{mask_ckpt}: its network differs from the Stage I checkpoint ({k}); fit the "
+                             "mask unit to these weights with `xnect-train stage1 --dynconv --dynconv-freeze`")
+    s1 = {**{k: v for k, v in s1.items() if not k.startswith("mask_unit.")},
+          **{k: v for k, v in m.items() if k.startswith("mask_unit.")}}
+    s1_cfg = {**s1_cfg, **{k: v for k, v in m_cfg.items() if k.startswith("dynconv")}}
+    info = {"checkpoint_step": int(ck.get("step", 0)),
+            "steps": int(ck.get("step", 0)) - int(ck.get("dynconv_start", 0)),
+            "frozen_network": bool(ck.get("config", {}).get("dynconv_freeze", False))}
+    return s1, s1_cfg, info
+
+
+def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True,
+                   mask_unit_ckpt: str | None = None) -> None:
+    """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
+    `mask_unit_ckpt`) and Stage II; float16 storage unless half=False."""
     s1, s1_cfg, ck1 = _state(stage1_ckpt)
+    mask_info = None
+    if mask_unit_ckpt:
+        s1, s1_cfg, mask_info = _with_mask_unit(s1, s1_cfg, mask_unit_ckpt)
     doc = {
         "format": WEIGHTS_FORMAT,
         "stage1_config": s1_cfg,
@@ -26,6 +54,8 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
                  "history": ck1.get("history", []),
                  "config": ck1.get("config", {})},
     }
+    if mask_info is not None:
+        doc["meta"]["mask_unit"] = mask_info
     if stage2_ckpt:
         s2, s2_cfg, ck2 = _state(stage2_ckpt)
         doc["stage2_config"] = ck2.get("stage2_config", s2_cfg)

@@ -240,7 +240,12 @@ class Trainer:
         self.step = int(meta.get("stage1_step", 0))
         self.history = list(meta.get("history", []))
         self.warmup_from = self.dynconv_start = self.step
-        if self._load_stage1(doc["stage1"]):
+        state = doc["stage1"]
+        if not self.cfg.dynconv and any(k.startswith("mask_unit.") for k in state):
+            state = {k: v for k, v in state.items() if not k.startswith("mask_unit.")}
+            _logger.info("the weights' DynConv mask unit is left out of this dense run; fit a new one to the "
+                         "result with --dynconv --dynconv-freeze")
+        if self._load_stage1(state):
             self.dynconv_start = int(meta.get("dynconv_start", self.step))
         _logger.info("initialised from %s at step %d", self.cfg.init_weights, self.step)
         return True
