@@ -176,7 +176,7 @@ def test_a_frame_equal_to_the_background_gives_the_dense_result_for_any_mask(fir
 def test_learned_mask_drives_the_sparse_path_and_an_empty_mask_gives_empty_maps(net42):
     x = _image(seed=6)
     with torch.no_grad():
-        net42.set_sparse(False)
+        net42.set_sparse(False, mask_unit=True)
         ref = net42(x)  # masked-dense with the mask unit's own hard mask
         net42.set_sparse(True, dense_above=2.0)
         _close(ref, net42(x))

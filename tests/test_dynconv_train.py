@@ -115,7 +115,7 @@ def _force_mask(est: PoseEstimator, share_left: float) -> None:
 def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weights):
     frames = _frames()
     masked = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
-    masked.stage1.set_sparse(False)  # masked-dense: the mask unit's mask, zero fill, every cell computed
+    masked.stage1.set_sparse(False, mask_unit=True)  # masked-dense: the mask unit's mask, zero fill, every cell computed
     sparse = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02, dynconv=True)
     for est in (masked, sparse):
         _force_mask(est, 0.5)

@@ -102,9 +102,9 @@ def stage1_onnx_bytes(net: Stage1Net, input_size: tuple[int, int], dynamic_hw: b
     example = torch.full((1, 3, h, w), 114.0)
     net = copy.deepcopy(net)
     if hasattr(net, "set_sparse"):
-        # DynConv: the sparse executor gathers active cells in Python and cannot be traced; the
-        # masked-dense forward (mask unit + zero fill) can, and gives the same maps.
-        net.set_sparse(False, mask_override=None)
+        # DynConv: the sparse executor gathers active cells in Python and cannot be traced, and a
+        # masked-dense graph would compute every cell anyway: export the dense network.
+        net.set_sparse(False, mask_override=None, mask_unit=False)
     return _trace_to_bytes(_Stage1Graph(net), (example,), STAGE1_INPUTS, STAGE1_OUTPUTS, axes, opset)
 
 
@@ -134,7 +134,7 @@ def _sidecar(stage1: Stage1Net, stage2: Stage2Net | None, input_size: tuple[int,
             "config": c1.to_dict(),
             "dynamic_batch": True,
             "dynamic_hw": dynamic_hw,
-            "dynconv": "masked-dense (same maps, no sparse speed-up)" if getattr(c1, "dynconv", False) else None,
+            "dynconv": "dense graph (the mask unit is not exported)" if getattr(c1, "dynconv", False) else None,
             "input": {"name": "image", "shape": ["batch", 3, "height" if dynamic_hw else h, "width" if dynamic_hw else w],
                       "dtype": "float32",
                       "layout": "NCHW, BGR channel order, raw pixel values 0..255 (normalised inside the graph)",

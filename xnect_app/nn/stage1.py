@@ -124,7 +124,7 @@ class Stage1Net(nn.Module):
         self.dynconv_costs: list[dynconv.LayerCost] = []  # from the last masked forward
         self.last_mask: torch.Tensor | None = None         # N x 1 x H/8 x W/8, last masked forward
         self._sparse_on = False
-        self._use_mask_unit = True
+        self._use_mask_unit = False  # eval without set_sparse: the dense network
         self._sparse_exec: dynconv.SparseStage1 | None = None
         self._mask_override: torch.Tensor | None = None
         self._dense_above = dynconv.DENSE_ABOVE
@@ -152,7 +152,7 @@ class Stage1Net(nn.Module):
     def set_sparse(self, enabled: bool = True, mask_override: torch.Tensor | None = None,
                    dense_above: float | None = None,
                    background: torch.Tensor | None | bool = False,
-                   first_block: int | None = None, mask_unit: bool = True) -> "Stage1Net":
+                   first_block: int | None = None, mask_unit: bool = False) -> "Stage1Net":
         """Switch DynConv sparse execution (eval mode, CPU) on or off.
 
         Args:
@@ -168,9 +168,9 @@ class Stage1Net(nn.Module):
                 DynConv, on a static camera); None clears it, False keeps it.
             first_block: first masked SelecSLS block when the mask is `mask_override` (default
                 `cfg.dynconv_from`; earlier = more of the network sparse).
-            mask_unit: with enabled=False and no mask_override, False ignores the mask unit and
-                runs the whole network dense (True: masked-dense with the unit's own mask, the
-                reference of the sparse path). Training always uses the mask unit.
+            mask_unit: with enabled=False and no mask_override, True runs masked-dense with the
+                unit's own mask (zero fill, every cell computed: the reference of the sparse path);
+                False (default) the whole network dense. Training always uses the mask unit.
         The executor snapshots the weights (BN folded); `train()`, `eval()` and `load_state_dict`
         drop it, and it is rebuilt on the next sparse forward.
         """
