@@ -33,7 +33,8 @@ def _stage1(a: argparse.Namespace) -> None:
                       device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
                       lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s),
                       dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
-                      dynconv_epochs=a.dynconv_epochs, dynconv_lr=a.dynconv_lr, dynconv_freeze=a.dynconv_freeze,
+                      dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
+                      dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last,
                       loss=dataclasses.asdict(LossWeights(heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -109,8 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--dynconv-weight", type=float, default=1000.0, help="sparsity loss weight (default %(default)s)")
     s1.add_argument("--dynconv-epochs", type=int, default=10,
                     help="length of the sparsity schedule in epochs of --epoch-steps (default %(default)s)")
-    s1.add_argument("--dynconv-lr", type=float, default=1e-2,
-                    help="learning rate of the mask unit (default %(default)s; it follows the warm-up and decays)")
+    s1.add_argument("--dynconv-lr", type=float, default=None,
+                    help="learning rate of the mask unit (default 1e-2, 3e-3 with --dynconv-freeze; it follows "
+                         "the warm-up and decays)")
     s1.add_argument("--dynconv-freeze", action="store_true",
                     help="train the mask unit alone: the network (weights and BN statistics) stays as loaded, "
                          "so dense inference is unchanged")
