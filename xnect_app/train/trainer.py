@@ -67,12 +67,11 @@ class TrainConfig:
     # network's 5e-4 (let alone 5e-5) Adam would need thousands of steps to move it at all.
     dynconv_lr: float = 1e-2
     # Train the mask unit alone, supervised: it learns the cells of people's boxes (from the 2D
-    # labels, grown by `person_grow`) with the network frozen as loaded, so the dense path is
+    # labels, see `person_cells`) with the network frozen as loaded, so the dense path is
     # unchanged. (Trained through the frozen network with the sparsity loss instead, it learned
     # the opposite: with zero fill an untrained-for network outputs garbage around people, so the
     # mask went off on people and on on background; box masks keep its coco_dev AP.)
     dynconv_freeze: bool = False
-    person_grow: float = 0.15      # box growth per side, share of the box's larger side
     person_pos_weight: float = 3.0  # BCE weight of person cells: missing a person costs more than background
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
