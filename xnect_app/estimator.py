@@ -201,7 +201,7 @@ class PoseEstimator:
         stream (tracking on), the mask unit for independent images or when a budget is given.
         On vtest.avi motion masks run Stage I 2.1x faster at OKS 0.88 against the dense result
         (the cells around the computed ones hold the background's features); the mask unit, whose
-        skipped cells hold zeros, 1.46x at 0.70. On single images only the mask unit works."""
+        skipped cells hold zeros, 1.6x at 0.59. On single images only the mask unit works."""
         mode = self.dynconv
         if mode == "auto":
             has_unit = self.stage1 is not None and bool(self.stage1.cfg.dynconv)
