@@ -259,7 +259,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     size = est.input_size
     if not Path(video).is_file():
         raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
-    causal = not learned and mask_source == "motion"
+    causal = mask_source == "motion"
     gate = None
     if causal:  # the gate first sees the frames before the timed ones (its warm-up)
         gate = MotionGate(margin=margin)
