@@ -132,12 +132,17 @@ def test_background_fill_is_exact_too_and_changes_the_inactive_cells(net42):
     with torch.no_grad():
         net42.set_sparse(True, mask_override=mask, dense_above=2.0)
         zero_fill = net42(x)
+        cost_zero_fill = net42.sparse_stats.cost_fraction
         net42.set_sparse(True, mask_override=mask, dense_above=2.0, background=bg)
         sparse = net42(x)
+        cost_background = net42.sparse_stats.cost_fraction
         net42.set_sparse(True, mask_override=mask, dense_above=-1.0)
         fallback = net42(x)
     _close(sparse, fallback)
     assert (sparse.heatmaps - zero_fill.heatmaps).abs().max() > 1e-3
+    # with a background every layer reads it around the mask: no dilated rings are computed
+    active = float(mask.mean())
+    assert cost_background < 1.3 * active < cost_zero_fill
     # the next frames, with the mask elsewhere: the cells computed before hold the background again
     for rows, cols in ((slice(6, 11), slice(12, 18)), (slice(0, 4), slice(0, 6))):
         mask = torch.zeros(12, 20)

@@ -98,7 +98,7 @@ def test_motion_masks_follow_each_client():
     clips = {"a": [jpeg(f) for f in read_frames("two_people_courtyard.mp4", n=30, width=270)],
              "b": [jpeg(f) for f in read_frames("one_person_courtyard.mp4", n=30, width=270)]}
     shares: dict[str, list[float]] = {"a": [], "b": []}
-    with LiveServer("--dynconv", "--dynconv-mask", "motion") as srv, \
+    with LiveServer("--dynconv", "--dynconv-mask", "motion", "--dynconv-margin", "2") as srv, \
             connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws_a, \
             connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws_b:
         clients = {"a": ws_a, "b": ws_b}

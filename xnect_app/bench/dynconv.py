@@ -46,7 +46,7 @@ from .. import skeleton
 from ..cli.model_args import (UserError, add_model_args, build_estimator, cells, estimator_kwargs, fraction,
                               non_negative_int, positive_int, run_cli)
 from ..estimator import letterbox
-from ..motion_mask import FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
+from ..motion_mask import DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 from ..train.evaluate import coco_oks
@@ -70,7 +70,7 @@ class MotionMask:
     """
 
     def __init__(self, background: np.ndarray, threshold: int = 25, cell_fraction: float = 0.05,
-                 margin: int = 2, budget: float = 1.0):
+                 margin: int = DEFAULT_MARGIN, budget: float = 1.0):
         self.background = blurred_grey(background)
         self.threshold, self.cell_fraction = threshold, cell_fraction
         self.margin, self.budget = margin, budget
@@ -210,7 +210,7 @@ def _summary(ms: list[float]) -> dict[str, float]:
 
 def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budget: float = 1.0,
                       json_out: str | Path | None = None, estimator=None, start: int = 0,
-                      threads: int | None = None, margin: int = 2,
+                      threads: int | None = None, margin: int = DEFAULT_MARGIN,
                       dense_above: float | None = None, fill: str = "background",
                       first_block: int | None = None, mask_source: str | None = None,
                       stability: bool = False) -> dict[str, Any]:
@@ -226,8 +226,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
         threads: torch CPU threads (default: torch's setting).
         margin: oracle mask dilation in stride-8 cells.
         dense_above: override of the dense-fallback threshold (cost share).
-        fill: what inactive cells of masked blocks hold with the oracle mask: "background" (the
-            features of the median background image) or "zero" (what DynConv training uses).
+        fill: what cells off the oracle mask hold: "background" (what a dense pass computes on the
+            median background image, at every masked layer's input) or "zero" (at block outputs,
+            what DynConv training uses).
         first_block: first masked SelecSLS block with a motion mask (default
             `motion_mask.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
         mask_source: "learned" (the network's mask unit), "oracle" (median of the whole clip) or
@@ -423,7 +424,7 @@ def format_report(rep: dict[str, Any]) -> str:
     lines = [
         f"DynConv on {Path(rep['video']).name}: {rep['frames']} frames at "
         f"{rep['input_size'][0]}x{rep['input_size'][1]}, model {rep['model']}",
-        f"mask: {rep['mask']}; inactive cells of masked blocks hold: {rep.get('fill')}; "
+        f"mask: {rep['mask']}; cells off the mask hold: {rep.get('fill')}; "
         f"masked from block {rep.get('first_masked_block')}",
         f"active fraction {rep['active_fraction']:.3f}, executed share of the masked MACs "
         f"{rep['cost_fraction']:.3f}, dense fallback on {rep['dense_fallback_frames']} frames",
@@ -481,14 +482,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--start", type=non_negative_int, default=0, help="first frame of the clip")
     p.add_argument("--budget", type=fraction, default=1.0,
                    help="most cells the oracle mask may activate, a fraction (default: no cap)")
-    p.add_argument("--margin", type=margins, default=[2], metavar="N[,N...]",
-                   help="mask dilation in stride-8 cells (default 2; --dynconv-margin of motion masks); "
+    p.add_argument("--margin", type=margins, default=[DEFAULT_MARGIN], metavar="N[,N...]",
+                   help=f"mask dilation in stride-8 cells (default {DEFAULT_MARGIN}; --dynconv-margin of motion masks); "
                         "several, e.g. 2,3,5: one run each and a table of speed against agreement")
     p.add_argument("--dense-above", type=float, default=None, metavar="F",
                    help=f"cost share above which the dense fallback runs (default {dynconv.DENSE_ABOVE})")
     p.add_argument("--fill", choices=("background", "zero"), default="background",
-                   help="inactive cells of masked blocks (oracle mask): features of the median "
-                        "background image, or zeros as in DynConv training (default %(default)s)")
+                   help="cells off the oracle mask: what a dense pass computes on the median background "
+                        "image, at the input of every masked layer, or zeros at the block outputs as in "
+                        "DynConv training (default %(default)s)")
     p.add_argument("--first-block", type=non_negative_int, default=None, metavar="I",
                    help="first masked SelecSLS block with a motion mask (default 0 = everything "
                         "after the stem, as --dynconv-mask motion runs)")

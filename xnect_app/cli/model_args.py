@@ -6,6 +6,7 @@ import re
 import sys
 from typing import Any, NoReturn
 
+from ..motion_mask import DEFAULT_MARGIN
 from ..pose.paf import GroupingConfig
 
 DEFAULT_INPUT_SIZE = (512, 320)
@@ -108,7 +109,7 @@ def add_dynconv_args(group) -> None:
                        help="with --dynconv (learned masks): compute at most this share of the frame")
     group.add_argument("--dynconv-margin", type=cells, default=None, metavar="N",
                        help="with motion masks: also compute N stride-8 cells around the motion "
-                            "(default 2; larger is slower and closer to the dense result)")
+                            f"(default {DEFAULT_MARGIN}; larger is slower and closer to the dense result)")
 
 
 def dynconv_kwargs(args: argparse.Namespace) -> dict[str, Any]:

@@ -23,10 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-# Quiet FFmpeg's and OpenCV's own console chatter; problems are reported through `problems`.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
-os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
-import cv2  # noqa: E402
+import cv2  # OpenCV's and FFmpeg's console chatter is quieted by the package (xnect_app/__init__.py)
 
 LOG = logging.getLogger(__name__)
 

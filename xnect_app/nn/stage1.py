@@ -162,10 +162,11 @@ class Stage1Net(nn.Module):
                 without `dynconv` runs masked too, and the masked-dense path (enabled=False) uses it.
             dense_above: cost share above which the masked-dense fallback runs (default
                 `dynconv.DENSE_ABOVE`).
-            background: an image of the empty scene (1 x 3 x H x W, BGR 0..255): inactive cells of
-                masked blocks and of the output maps get what a dense pass computes on it, not
-                zeros (the sparse executor and its dense fallback; for networks not trained with
-                DynConv, on a static camera); None clears it, False keeps it.
+            background: an image of the empty scene (1 x 3 x H x W, BGR 0..255): cells off the
+                mask get what a dense pass computes on it, at the input of every masked layer and
+                in the output maps, not zeros (the sparse executor and its dense fallback; for
+                networks not trained with DynConv, on a static camera; every layer then runs on
+                the mask alone); None clears it, False keeps it.
             first_block: first masked SelecSLS block when the mask is `mask_override` (default
                 `cfg.dynconv_from`; earlier = more of the network sparse).
             mask_unit: with enabled=False and no mask_override, True runs masked-dense with the
