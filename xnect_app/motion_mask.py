@@ -23,9 +23,11 @@ from .nn.stage1 import STRIDE
 FIRST_MASKED_BLOCK = 0
 
 
-# Cells computed around the motion: 4 agrees with the dense pass at OKS 0.90 per frame on
-# vtest.avi at 2.1x its Stage I speed (README's table, `xnect-bench dynconv --margin 2,3,4,5`).
-DEFAULT_MARGIN = 4
+# Cells computed around the motion. On vtest.avi (README's table, `xnect-bench dynconv --margin
+# 2,3,4,5`) 3 runs Stage I 2.3-2.6x faster and agrees with the dense pass at OKS 0.91 on the people
+# both find (0.87 per frame, near the dense model's own 0.88 against a JPEG re-encode of the frame);
+# 4: 1.9-2.2x, 0.94 (0.90).
+DEFAULT_MARGIN = 3
 
 
 class MotionGate:
