@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from xnect_app.bench.dynconv import MotionMask, frame_agreement, oks
+from xnect_app.bench.dynconv import MotionMask, frame_agreement, oks, unpaired_scores
 from xnect_app.motion_mask import MotionGate
 from xnect_app.nn import dynconv
 from xnect_app.nn.dynconv import (LayerCost, Positions, SparseConv, SparseDeconv2x, SparseMap,
@@ -381,6 +381,14 @@ def test_oks_agreement_is_one_for_identical_people_and_drops_with_displacement()
     assert frame_agreement([p], [p])[0] == pytest.approx(1.0)
     assert frame_agreement([p], [p, q])[0] == pytest.approx(0.5)
     assert frame_agreement([], []) == (1.0, [])
+    # people without a counterpart: the extra one, and both of a pair too far apart to be one person
+    weak = Person(track_id=0, score=0.25, kp2d=moved, kp3d_rel_mm=zeros, kp3d_cam_mm=zeros)
+    far = kp.copy()
+    far[:, 0] += 300
+    other = Person(track_id=0, score=0.6, kp2d=far, kp3d_rel_mm=zeros, kp3d_cam_mm=zeros)
+    assert unpaired_scores([p], [p, weak]) == [0.25]
+    assert sorted(unpaired_scores([p], [other])) == [0.6, 1.0]
+    assert unpaired_scores([], [weak]) == [0.25] and unpaired_scores([p], [p]) == []
 
 
 def test_bench_reports_sparse_vs_dense_with_the_causal_motion_mask_and_the_stability_yardstick(tmp_path, capsys):
@@ -396,10 +404,14 @@ def test_bench_reports_sparse_vs_dense_with_the_causal_motion_mask_and_the_stabi
     rep = json.loads(out.read_text())
     assert rep["frames"] == 3 and rep["first_masked_block"] == 0 and "CAUSAL" in rep["mask"]
     assert 0 < rep["active_fraction"] < 1 and rep["stage1"]["speedup"] > 0
-    assert set(rep["stability"]) == {"jpeg95", "shift_1px"}
+    assert set(rep["stability"]) == {"jpeg95", "shift_1px", "jpeg95_confident", "shift_1px_confident"}
     assert all(0 <= v["oks_mean_per_frame"] <= 1 for v in rep["stability"].values())
+    ag = rep["agreement"]
+    assert 0 <= ag["confident_people_score_0.4"]["oks_mean_per_frame"] <= 1
+    assert ag["unpaired_people"] <= ag["people_dense"] + ag["people_sparse"]
     text = capsys.readouterr().out
     assert "dense vs dense on the frame jpeg95" in text and "speed-up" in text
+    assert "people scoring 0.4 or more" in text and "found by one pass only" in text
 
 
 def test_bench_margin_sweep_trades_computed_cells_for_agreement(tmp_path, capsys):

@@ -156,6 +156,29 @@ def frame_agreement(dense: list, sparse: list) -> tuple[float, list[float]]:
     return sum(matched) / max(len(dense), len(sparse)), matched
 
 
+# People scoring at least this are "confident" in the report (about 1 = a clear, whole person).
+CONFIDENT_SCORE = 0.4
+# A pair of people with OKS under this is two unpaired people, not one moved person.
+PAIRED_OKS = 0.5
+
+
+def unpaired_scores(dense: list, sparse: list) -> list[float]:
+    """Scores of the people of either pass that have no counterpart (OKS >= PAIRED_OKS) in the other."""
+    if not dense or not sparse:
+        return [p.score for p in dense + sparse]
+    from scipy.optimize import linear_sum_assignment
+    table = np.array([[oks(d.kp2d, s.kp2d) for s in sparse] for d in dense])
+    rows, cols = linear_sum_assignment(-table)
+    pairs = [(i, j) for i, j in zip(rows, cols) if table[i, j] >= PAIRED_OKS]
+    paired_d, paired_s = {i for i, _ in pairs}, {j for _, j in pairs}
+    return ([p.score for i, p in enumerate(dense) if i not in paired_d]
+            + [p.score for j, p in enumerate(sparse) if j not in paired_s])
+
+
+def _confident(people: list) -> list:
+    return [p for p in people if p.score >= CONFIDENT_SCORE]
+
+
 def _jpeg95(image: np.ndarray) -> np.ndarray:
     return cv2.imdecode(cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 95])[1], cv2.IMREAD_COLOR)
 
@@ -317,10 +340,14 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             out = dict(zip(order, maps))
             errors = map_errors(out["dense"], out["sparse"], st.mask, margin if not learned else 0)
             agree, matched = frame_agreement(got["dense"][0].people, got["sparse"][0].people)
+            confident = [_confident(got[m][0].people) for m in ("dense", "sparse")]
             if stability:
                 net.set_sparse(False, None, mask_unit=False)
-                floor = {name: frame_agreement(got["dense"][0].people, est.detect_batch([change(frame)])[0].people)
-                         for name, change in IMPERCEPTIBLE_CHANGES.items()}
+                floor = {}
+                for name, change in IMPERCEPTIBLE_CHANGES.items():
+                    changed = est.detect_batch([change(frame)])[0].people
+                    floor[name] = frame_agreement(got["dense"][0].people, changed)
+                    floor[name + "_confident"] = frame_agreement(confident[0], _confident(changed))
             rows.append({
                 "frame": start + 1 + i, "active": st.active, "cost_fraction": st.cost_fraction,
                 "sparse_path": st.sparse, "mask_ms": mask_ms,
@@ -330,6 +357,8 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
                 "sparse_stage1_ms": got["sparse"][0].timings_ms["stage1"],
                 "people_dense": len(got["dense"][0].people), "people_sparse": len(got["sparse"][0].people),
                 "oks_frame": agree, "oks_matched": matched, "map_errors": errors,
+                "confident": frame_agreement(*confident),
+                "unpaired_scores": unpaired_scores(got["dense"][0].people, got["sparse"][0].people),
                 **({"stability": floor} if stability else {}),
             })
         hook.remove()
@@ -350,6 +379,7 @@ def _report(rows, est, learned, budget, margin, video, load_before, threads) -> 
     col = lambda k: [r[k] for r in rows]  # noqa: E731
     d1, s1 = _summary(col("dense_stage1_ms")), _summary(col("sparse_stage1_ms"))
     d, s = _summary(col("dense_ms")), _summary(col("sparse_ms"))
+    unpaired = [v for r in rows for v in r["unpaired_scores"]]
     return {
         "video": str(video), "frames": len(rows), "input_size": list(est.input_size),
         "model": est.model_name,
@@ -371,8 +401,11 @@ def _report(rows, est, learned, budget, margin, video, load_before, threads) -> 
             **_agreement(list(zip(col("oks_frame"), col("oks_matched")))),
             "people_dense": sum(col("people_dense")), "people_sparse": sum(col("people_sparse")),
             "frames_with_people": sum(1 for r in rows if r["people_dense"] or r["people_sparse"]),
+            f"confident_people_score_{CONFIDENT_SCORE}": _agreement(col("confident")),
+            "unpaired_people": len(unpaired),
+            "unpaired_median_score": round(statistics.median(unpaired), 3) if unpaired else None,
         },
-        **({"stability": {name: _agreement([r["stability"][name] for r in rows]) for name in IMPERCEPTIBLE_CHANGES}}
+        **({"stability": {name: _agreement([r["stability"][name] for r in rows]) for name in rows[0]["stability"]}}
            if "stability" in rows[0] else {}),
         "machine": _machine(threads), "loadavg_before": load_before, "loadavg_after": _loadavg(),
         "rows": rows,
@@ -435,9 +468,15 @@ def format_report(rep: dict[str, Any]) -> str:
         f"sparse {rep['cpu_ms_per_frame']['sparse']:.0f} ms",
         f"agreement: OKS per frame {ag['oks_mean_per_frame']:.3f}, matched people "
         f"{ag['oks_mean_matched'] if ag['oks_mean_matched'] is not None else 'n/a'}; people dense "
-        f"{ag['people_dense']} / sparse {ag['people_sparse']}",
-        *[f"dense vs dense on the frame {name.replace('_', ' ')}: OKS per frame {v['oks_mean_per_frame']:.3f}, "
-          f"matched people {v['oks_mean_matched']}" for name, v in rep.get("stability", {}).items()],
+        f"{ag['people_dense']} / sparse {ag['people_sparse']}; found by one pass only: "
+        f"{ag['unpaired_people']} (median score {ag['unpaired_median_score']})",
+        f"agreement among people scoring {CONFIDENT_SCORE} or more: OKS per frame "
+        f"{ag[f'confident_people_score_{CONFIDENT_SCORE}']['oks_mean_per_frame']:.3f}, matched people "
+        f"{ag[f'confident_people_score_{CONFIDENT_SCORE}']['oks_mean_matched']}",
+        *[f"dense vs dense on the frame {name.replace('_confident', '').replace('_', ' ')}"
+          f"{f' (people scoring {CONFIDENT_SCORE} or more)' if name.endswith('_confident') else ''}: "
+          f"OKS per frame {v['oks_mean_per_frame']:.3f}, matched people {v['oks_mean_matched']}"
+          for name, v in rep.get("stability", {}).items()],
         "relative map error (median; active cells / motion core): " + ", ".join(
             f"{n} {rep['map_rel_error'][n + '_active']:.3f}/{rep['map_rel_error'][n + '_core']:.3f}"
             for n in ("heatmaps", "pafs", "enc3d")),
