@@ -493,14 +493,16 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def format_margin_table(reports: list[dict[str, Any]]) -> str:
     """One line per margin: cost against agreement with the dense pass."""
-    lines = ["margin  active  executed  Stage I  per frame  OKS frame  OKS matched  heatmap error (core)"]
+    lines = ["margin  active  executed  Stage I  per frame  OKS frame  OKS matched  "
+             f"OKS frame (score >= {CONFIDENT_SCORE})  heatmap error (core)"]
     for r in reports:
         ag = r["agreement"]
         matched = ag["oks_mean_matched"]
+        confident = ag[f"confident_people_score_{CONFIDENT_SCORE}"]["oks_mean_per_frame"]
         lines.append(f"{r['margin']:>6}  {r['active_fraction']:>6.3f}  {r['cost_fraction']:>8.3f}  "
                      f"{r['stage1']['speedup']:>6.2f}x  {r['per_frame']['speedup']:>8.2f}x  "
                      f"{ag['oks_mean_per_frame']:>9.3f}  {matched if matched is not None else 'n/a':>11}  "
-                     f"{r['map_rel_error']['heatmaps_core']:>20.4f}")
+                     f"{confident:>24.3f}  {r['map_rel_error']['heatmaps_core']:>20.4f}")
     return "\n".join(lines)
 
 
