@@ -440,3 +440,20 @@ def test_motion_margin_reaches_the_gates_and_bad_margins_are_refused():
     for bad in (dict(dynconv="motion", dynconv_margin=17), dict(dynconv_margin=3)):
         with pytest.raises(ValueError, match="margin"):
             PoseEstimator(**kw, **bad)
+
+
+def test_sparse_path_runs_under_no_grad_after_inference_mode(net42):
+    """Kept buffers (gather scratch, background working copies) made under torch.inference_mode()
+    must not break a later run without it (torch refuses in-place writes to inference tensors)."""
+    x, bg = _image(seed=11), _image(seed=12)
+    mask = torch.zeros(12, 20)
+    mask[2:7, 4:11] = 1
+    for background in (None, bg):
+        with torch.inference_mode():
+            net42.set_sparse(True, mask_override=mask, dense_above=2.0, background=background)
+            first = net42(x).heatmaps.clone()
+        with torch.no_grad():
+            net42.set_sparse(True, mask_override=mask, dense_above=2.0, background=False)
+            again = net42(x).heatmaps
+        assert torch.equal(first, again)
+    net42.set_sparse(False, None, dense_above=dynconv.DENSE_ABOVE, background=None)

@@ -380,9 +380,16 @@ def _scratch(count: int, like: torch.Tensor) -> torch.Tensor:
     """
     c = like.shape[1]
     buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or buf.numel() < count * c or buf.dtype != like.dtype or buf.device != like.device:
+    if (buf is None or buf.numel() < count * c or buf.dtype != like.dtype or buf.device != like.device
+            or _written_outside_inference_mode(buf)):
         buf = _SCRATCH.buf = like.new_empty(max(count * c, 1 << 20))
     return buf[:count * c].view(count, c)
+
+
+def _written_outside_inference_mode(t: torch.Tensor) -> bool:
+    """True for a tensor made under torch.inference_mode() when that mode is now off: torch refuses
+    in-place writes to it, so a kept buffer must be made afresh."""
+    return t.is_inference() and not torch.is_inference_mode_enabled()
 
 
 def _new_rows(count: int, channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -716,7 +723,7 @@ class SparseStage1:
         map again.
         """
         held = self._filled.get(i)
-        if held is None or held[0] is not fill:
+        if held is None or held[0] is not fill or _written_outside_inference_mode(held[1]):
             held = (fill, fill.clone(), None)
         _, rows, written = held
         if written is not None:  # layers of one level share their Positions, so one set difference each
