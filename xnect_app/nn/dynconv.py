@@ -676,16 +676,11 @@ class SparseStage1:
             _, self._fill, self._fill_rows, self._fill_out = hit
             return
         feats = [self.core.stem(self.net.normalise(image))]
-        fill = {}
-        for i, block in enumerate(self.core.features):
-            r2 = block.conv2(block.conv1(feats[0]))
-            fill[i, "r2"] = r2                            # the inputs of the block's 3x3 convs
-            fill[i, "r4"] = block.conv4(block.conv3(r2))
-            feats = block(feats)
-            fill[i] = feats[0]
-        mids: dict = {}
-        self._fill_out = self._dense_heads(fill[self.stride8_index], feats[0], mids)
-        fill.update({("heads", name): v for name, v in mids.items()})
+        fill: dict = {}  # every layer's map a 3x3 conv reads, and the block outputs
+        for i in range(len(self.blocks)):
+            out = self._dense_block(i, feats, mids=fill)
+            feats = [out, out] if self.blocks[i].is_first else [out, feats[1]]
+        self._fill_out = self._dense_heads(fill[self.stride8_index], feats[0], mids=fill)
         for key, f in fill.items():  # kept once, as the sparse path's rows; NCHW is a view of them
             n, c, h, w = f.shape
             rows = self._fill_rows[key, n] = SparseMap.from_dense(f).rows
@@ -795,7 +790,7 @@ class SparseStage1:
             if self._fill is None:
                 out = self.core.features[i](feats)[0] * m
             else:
-                out = self._block_filled(i, feats, m)
+                out = self._dense_block(i, feats, over=lambda key, v, m=m: self._masked(key, v, m))
             feats = [out, out] if self.blocks[i].is_first else [out, feats[1]]
             if i == self.stride8_index:
                 f8 = out
@@ -803,38 +798,35 @@ class SparseStage1:
         if self._fill is None:
             out2, enc = self._dense_heads(f8, feats[0])
         else:
-            out2, enc = self._dense_heads(f8, feats[0], over=lambda name, v: self._masked(("heads", name), v, m8))
+            out2, enc = self._dense_heads(f8, feats[0], over=lambda key, v: self._masked(key, v, m8))
         return out2 * m8, enc * m8
 
     def _masked(self, key, value: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         """value on the mask, the background's `key` map elsewhere."""
         return value * m + self._fill_for(key, value) * (1 - m)
 
-    def _block_filled(self, i: int, feats: list[torch.Tensor], m: torch.Tensor) -> torch.Tensor:
-        """Block i, dense, with the background's values off the mask at every 3x3 conv's input."""
-        b = self.core.features[i]
+    def _dense_block(self, i: int, feats: list[torch.Tensor], mids: dict | None = None,
+                     over=None) -> torch.Tensor:
+        """Block i's output, dense (the block's own forward, with taps: see `_tap`). Keys: (i, "r2")
+        and (i, "r4"), the inputs of conv3 and conv5, and i, the output."""
+        b, tap = self.core.features[i], _tap(mids, over)
         d1 = b.conv1(feats[0])
-        d2 = b.conv3(self._masked((i, "r2"), b.conv2(d1), m))
-        d3 = b.conv5(self._masked((i, "r4"), b.conv4(d2), m))
+        d2 = b.conv3(tap((i, "r2"), b.conv2(d1)))
+        d3 = b.conv5(tap((i, "r4"), b.conv4(d2)))
         parts = [d1, d2, d3] if b.is_first else [d1, d2, d3, feats[1]]
-        return self._masked(i, b.conv6(torch.cat(parts, 1)), m)
+        return tap(i, b.conv6(torch.cat(parts, 1)))
 
     def _dense_heads(self, f8: torch.Tensor, f16: torch.Tensor, mids: dict | None = None,
                      over=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The heads, dense. mids: gets the inputs of their 3x3 convs; over(name, map): replaces them."""
+        """The heads, dense, with taps (`_tap`) on the inputs of their 3x3 convs, keyed ("heads", name)."""
         from .stage1 import _match
-        h = self.heads
-
-        def mid(name: str, v: torch.Tensor) -> torch.Tensor:
-            if mids is not None:
-                mids[name] = v
-            return v if over is None else over(name, v)
+        h, tap = self.heads, _tap(mids, over)
         u2 = _match(h.b2d_up(h.b2d_reduce(f16)), f8)
-        y2 = mid("y2a", h.b2d_conv1(mid("cat", torch.cat([u2, h.b2d_skip8(f8)], 1))))
-        y2 = mid("y2b", h.b2d_conv2(y2))
-        y3 = h.b3d_conv1(mid("u3", _match(h.b3d_up(h.b3d_reduce(f16)), f8)))
-        y3 = mid("m3", h.b3d_merge(torch.cat([u2, y3], 1)))
-        y3 = mid("y3b", h.b3d_conv2(y3))
+        y2 = tap(("heads", "y2a"), h.b2d_conv1(tap(("heads", "cat"), torch.cat([u2, h.b2d_skip8(f8)], 1))))
+        y2 = tap(("heads", "y2b"), h.b2d_conv2(y2))
+        y3 = h.b3d_conv1(tap(("heads", "u3"), _match(h.b3d_up(h.b3d_reduce(f16)), f8)))
+        y3 = tap(("heads", "m3"), h.b3d_merge(torch.cat([u2, y3], 1)))
+        y3 = tap(("heads", "y3b"), h.b3d_conv2(y3))
         return h.b2d_out(y2), h.b3d_out(y3)
 
     def _sparse(self, feats: list[torch.Tensor], f8_dense: torch.Tensor | None,
@@ -849,9 +841,8 @@ class SparseStage1:
                 x = self.blocks[i].run_filled(x, skip, p[0], lambda name, m, i=i: self._over_mid((i, name), m))
             else:
                 x = self.blocks[i](x, skip, p[0], p[1], p[2])
-            fill = self._fill_rows_for(i, p[0].grid, self.blocks[i].convs[5].out_chs)
-            if fill is not None:
-                x = self._over_fill(i, fill, x)
+            if self._fill is not None:
+                x = self._over_mid(i, x)
             if self.blocks[i].is_first:
                 skip = x
             if i == self.stride8_index:
@@ -866,6 +857,16 @@ class SparseStage1:
     def _over_mid(self, key, m: SparseMap) -> SparseMap:
         """A layer's computed rows over the background's rows of that layer (whole grid)."""
         return self._over_fill(key, self._fill_rows_for(key, m.grid, m.channels), m)
+
+
+def _tap(mids: dict | None, over):
+    """tap(key, map) for the dense reference passes: records the map in `mids`, and returns
+    `over(key, map)` when given (the background off the mask) or the map itself."""
+    def tap(key, value: torch.Tensor) -> torch.Tensor:
+        if mids is not None:
+            mids[key] = value
+        return value if over is None else over(key, value)
+    return tap
 
 
 def as_mask(mask: torch.Tensor, n: int, h: int, w: int) -> torch.Tensor:
