@@ -143,16 +143,21 @@ def oks(ref: np.ndarray, other: np.ndarray) -> float:
     return coco_oks(r, other[list(skeleton.COCO17_FROM_2D)], area)
 
 
+def _hungarian(dense: list, sparse: list) -> list[tuple[int, int, float]]:
+    """(dense index, sparse index, OKS) of the one-to-one pairing with the highest total OKS."""
+    if not dense or not sparse:
+        return []
+    from scipy.optimize import linear_sum_assignment
+    table = np.array([[oks(d.kp2d, s.kp2d) for s in sparse] for d in dense])
+    rows, cols = linear_sum_assignment(-table)
+    return [(int(i), int(j), float(table[i, j])) for i, j in zip(rows, cols)]
+
+
 def frame_agreement(dense: list, sparse: list) -> tuple[float, list[float]]:
     """(sum of matched OKS / max(#dense, #sparse), matched OKS values); 1.0 when both are empty."""
     if not dense and not sparse:
         return 1.0, []
-    if not dense or not sparse:
-        return 0.0, []
-    from scipy.optimize import linear_sum_assignment
-    table = np.array([[oks(d.kp2d, s.kp2d) for s in sparse] for d in dense])
-    rows, cols = linear_sum_assignment(-table)
-    matched = [float(table[i, j]) for i, j in zip(rows, cols)]
+    matched = [v for _, _, v in _hungarian(dense, sparse)]
     return sum(matched) / max(len(dense), len(sparse)), matched
 
 
@@ -164,12 +169,7 @@ PAIRED_OKS = 0.5
 
 def unpaired_scores(dense: list, sparse: list) -> list[float]:
     """Scores of the people of either pass that have no counterpart (OKS >= PAIRED_OKS) in the other."""
-    if not dense or not sparse:
-        return [p.score for p in dense + sparse]
-    from scipy.optimize import linear_sum_assignment
-    table = np.array([[oks(d.kp2d, s.kp2d) for s in sparse] for d in dense])
-    rows, cols = linear_sum_assignment(-table)
-    pairs = [(i, j) for i, j in zip(rows, cols) if table[i, j] >= PAIRED_OKS]
+    pairs = [(i, j) for i, j, v in _hungarian(dense, sparse) if v >= PAIRED_OKS]
     paired_d, paired_s = {i for i, _ in pairs}, {j for _, j in pairs}
     return ([p.score for i, p in enumerate(dense) if i not in paired_d]
             + [p.score for j, p in enumerate(sparse) if j not in paired_s])
