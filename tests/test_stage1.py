@@ -137,3 +137,42 @@ def test_a_forward_hook_fires_once_on_the_fast_dense_path():
     with torch.no_grad():
         out = net(torch.rand(1, 3, 64, 96) * 255)
     assert net._fast_exec is not None and len(calls) == 1 and calls[0] is out.heatmaps
+
+
+def test_the_moving_average_of_the_weights_is_exported_and_survives_a_resume(tmp_path):
+    from xnect_app.estimator import _load_checkpoint
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(TrainConfig(out_dir=str(run), backbone="selecsls42b", ema_decay=0.5))
+    weight = trainer.net.b2d_out.weight
+    start = weight.detach().clone()
+    bn_mean = next(m for m in trainer.net.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean
+    for _ in range(3):  # steps move the weights by 0, +1, +1: average start + 1.25 at decay 0.5
+        trainer._update_ema()
+        with torch.no_grad():
+            weight.add_(1.0)
+            bn_mean.add_(2.0)
+    with torch.no_grad():
+        weight.sub_(1.0)
+        bn_mean.sub_(2.0)
+    trainer.save()
+
+    export_weights(str(run / "last.pt"), None, str(tmp_path / "avg.pt"), half=False)
+    export_weights(str(run / "last.pt"), None, str(tmp_path / "raw.pt"), half=False, averaged=False)
+    avg = torch.load(tmp_path / "avg.pt", weights_only=True)
+    raw = torch.load(tmp_path / "raw.pt", weights_only=True)
+    assert torch.allclose(avg["stage1"]["b2d_out.weight"], start + 1.25)
+    assert torch.allclose(raw["stage1"]["b2d_out.weight"], start + 2.0)
+    assert avg["meta"]["stage1_weights"] == "moving average" and raw["meta"]["stage1_weights"] == "raw"
+    bn_key = next(k for k in avg["stage1"] if k.endswith("running_mean"))
+    assert torch.allclose(avg["stage1"][bn_key], raw["stage1"][bn_key] - 1.5)  # BN statistics averaged too
+
+    resumed = Trainer(TrainConfig(out_dir=str(run), backbone="selecsls42b", ema_decay=0.5))
+    assert resumed.ema_updates == 3
+    assert torch.allclose(resumed.ema_net.b2d_out.weight, start + 1.25)
+    assert torch.allclose(resumed.net.b2d_out.weight, start + 2.0)
+    net, _ = _load_checkpoint(run / "last.pt")  # xnect-eval --checkpoint sees what export writes
+    assert torch.allclose(net.b2d_out.weight, start + 1.25)
+    assert Trainer(TrainConfig(out_dir=str(tmp_path / "off"), backbone="selecsls42b", ema_decay=0)).ema_net is None

@@ -108,7 +108,7 @@ class PoseEstimator:
             a mask unit, else motion).
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
-            too (default `MotionGate`'s 2): more cells, slower, closer to the dense result.
+            too (default `MotionGate`'s 3): more cells, slower, closer to the dense result.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to
             2x for DynConv). False runs them in the calling thread: for code that also runs torch
@@ -276,7 +276,8 @@ class PoseEstimator:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw: Any) -> "PoseEstimator":
-        """A Stage I training checkpoint (runs/.../last.pt), without Stage II."""
+        """A Stage I training checkpoint (runs/.../last.pt), without Stage II: the moving average of
+        its weights when it keeps one (what `xnect-train export` takes)."""
         net, step = on_torch_thread(_load_checkpoint, path) if kw.get("torch_thread", True) else _load_checkpoint(path)
         return cls(_networks=(net, None), _name=f"{Path(path).parent.name}@{step}", **kw)
 
@@ -451,7 +452,7 @@ def _solve_roots(kp3d_mm: np.ndarray, kp2d: np.ndarray, intr: Intrinsics) -> np.
 def _load_checkpoint(path: str | Path) -> tuple[Stage1Net, int]:
     ck = torch.load(path, map_location="cpu", weights_only=False)
     net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
-    net.load_state_dict(ck["model"])
+    net.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])  # what export takes
     return net, int(ck.get("step", 0))
 
 

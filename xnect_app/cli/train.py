@@ -35,7 +35,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
-                      channels_last=not a.no_channels_last,
+                      channels_last=not a.no_channels_last, ema_decay=a.ema,
                       loss=dataclasses.asdict(LossWeights(heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
     if not Path(cfg.data_root).is_dir():
@@ -43,6 +43,8 @@ def _stage1(a: argparse.Namespace) -> None:
              code=2)
     if a.init and not Path(a.init).is_file():
         fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
+    if not 0.0 <= a.ema < 1.0:
+        fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=2)
     if not 0.0 < a.dynconv_budget <= 1.0:
         fail("xnect-train", f"--dynconv-budget {a.dynconv_budget}: give a share of the cost in (0, 1]", code=2)
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
@@ -66,7 +68,8 @@ def _export(a: argparse.Namespace) -> None:
         if p and not Path(p).is_file():
             fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
     try:
-        export_weights(a.stage1, a.stage2, a.out, half=not a.fp32, mask_unit_ckpt=a.mask_unit)
+        export_weights(a.stage1, a.stage2, a.out, half=not a.fp32, mask_unit_ckpt=a.mask_unit,
+                       averaged=not a.raw)
     except ValueError as e:
         fail("xnect-train", str(e), code=2)
     print(f"wrote {a.out}")
@@ -116,6 +119,9 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--dynconv-freeze", action="store_true",
                     help="train the mask unit alone: the network (weights and BN statistics) stays as loaded, "
                          "so dense inference is unchanged")
+    s1.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
+                    help="keep a moving average of the weights, evaluated and exported (default "
+                         "%(default)s, about the last 1,000 steps; 0 = off)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)
@@ -142,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
                          "this Stage I (e.g. runs/dynmask/last.pt)")
     ex.add_argument("--out", default="models/xnect_selecsls60.pt")
     ex.add_argument("--fp32", action="store_true", help="keep float32 (default: float16 storage)")
+    ex.add_argument("--raw", action="store_true",
+                    help="export Stage I's raw weights, not their moving average (--ema)")
     ex.set_defaults(fn=_export)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")

@@ -10,9 +10,11 @@ import torch
 WEIGHTS_FORMAT = "xnect_app.weights/1"
 
 
-def _state(path: str) -> tuple[dict, dict, dict]:
+def _state(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
+    """A checkpoint's weights: their moving average when it has one (and `averaged`), else the raw ones."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    return ck["model"], ck.get("stage1_config") or ck.get("stage2_config") or {}, ck
+    model = ck["ema"] if averaged and ck.get("ema") is not None else ck["model"]
+    return model, ck.get("stage1_config") or ck.get("stage2_config") or {}, ck
 
 
 def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict, dict]:
@@ -38,10 +40,11 @@ def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict,
 
 
 def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True,
-                   mask_unit_ckpt: str | None = None) -> None:
+                   mask_unit_ckpt: str | None = None, averaged: bool = True) -> None:
     """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
-    `mask_unit_ckpt`) and Stage II; float16 storage unless half=False."""
-    s1, s1_cfg, ck1 = _state(stage1_ckpt)
+    `mask_unit_ckpt`) and Stage II; float16 storage unless half=False. Stage I is the moving
+    average of its weights when the checkpoint keeps one, unless averaged=False."""
+    s1, s1_cfg, ck1 = _state(stage1_ckpt, averaged)
     mask_info = None
     if mask_unit_ckpt:
         s1, s1_cfg, mask_info = _with_mask_unit(s1, s1_cfg, mask_unit_ckpt)
@@ -51,6 +54,7 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
         "stage1": {k: (v.half() if half and v.is_floating_point() else v) for k, v in s1.items()},
         "meta": {"stage1_step": int(ck1.get("step", 0)), "dynconv_start": int(ck1.get("dynconv_start", 0)),
                  "exported": datetime.date.today().isoformat(),
+                 "stage1_weights": "moving average" if averaged and ck1.get("ema") is not None else "raw",
                  "history": ck1.get("history", []),
                  "config": ck1.get("config", {})},
     }
