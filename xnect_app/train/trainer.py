@@ -499,14 +499,16 @@ def plot_history(history: list[dict[str, Any]], path: Path) -> None:
     axes[0].set_xlabel("step")
     axes[0].set_title("training loss (epoch means)")
     axes[0].legend()
-    for k in ("dev_ap", "dev_ap_body", "dev_ap_body_raw"):
+    labels = {"dev_ap": "AP, 17 joints", "dev_ap_body": "body AP (the exported weights)",
+              "dev_ap_body_raw": "body AP, last step's weights (beside --ema)"}
+    for k, label in labels.items():
         pts = [(h["step"], h[k]) for h in history if k in h]
         if pts:
-            axes[1].plot(*zip(*pts), marker="o", label=k)
+            axes[1].plot(*zip(*pts), marker="o", markersize=3, label=label)
     axes[1].set_xlabel("step")
     axes[1].set_title("coco_dev AP")
     if axes[1].lines:
-        axes[1].legend()
+        axes[1].legend(loc="upper left", fontsize="small")
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=80)
