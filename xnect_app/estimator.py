@@ -450,9 +450,11 @@ def _solve_roots(kp3d_mm: np.ndarray, kp2d: np.ndarray, intr: Intrinsics) -> np.
 
 
 def _load_checkpoint(path: str | Path) -> tuple[Stage1Net, int]:
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
-    net.load_state_dict(ck["ema"] if ck.get("ema") is not None else ck["model"])  # what export takes
+    from .train.export import read_checkpoint
+
+    weights, cfg, ck = read_checkpoint(path)  # the weights `xnect-train export` takes
+    net = Stage1Net(Stage1Config.from_dict(cfg))
+    net.load_state_dict(weights)
     return net, int(ck.get("step", 0))
 
 

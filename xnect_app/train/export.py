@@ -10,8 +10,9 @@ import torch
 WEIGHTS_FORMAT = "xnect_app.weights/1"
 
 
-def _state(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
-    """A checkpoint's weights: their moving average when it has one (and `averaged`), else the raw ones."""
+def read_checkpoint(path: str | os.PathLike, averaged: bool = True) -> tuple[dict, dict, dict]:
+    """(weights, network config, whole checkpoint) of a training checkpoint: the weights' moving
+    average when it keeps one (and `averaged`), else the raw weights."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
     model = ck["ema"] if averaged and ck.get("ema") is not None else ck["model"]
     return model, ck.get("stage1_config") or ck.get("stage2_config") or {}, ck
@@ -20,7 +21,7 @@ def _state(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
 def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict, dict]:
     """Stage I weights plus the DynConv mask unit of a `--dynconv --dynconv-freeze` run fitted to
     this very network (checked to float16 precision, the bundled weights' storage)."""
-    m, m_cfg, ck = _state(mask_ckpt)
+    m, m_cfg, ck = read_checkpoint(mask_ckpt)
     if not m_cfg.get("dynconv") or not any(k.startswith("mask_unit.") for k in m):
         raise ValueError(f"{mask_ckpt}: no DynConv mask unit in this checkpoint")
     for k, v in s1.items():
@@ -44,7 +45,7 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
     """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
     `mask_unit_ckpt`) and Stage II; float16 storage unless half=False. Stage I is the moving
     average of its weights when the checkpoint keeps one, unless averaged=False."""
-    s1, s1_cfg, ck1 = _state(stage1_ckpt, averaged)
+    s1, s1_cfg, ck1 = read_checkpoint(stage1_ckpt, averaged)
     mask_info = None
     if mask_unit_ckpt:
         s1, s1_cfg, mask_info = _with_mask_unit(s1, s1_cfg, mask_unit_ckpt)
@@ -61,7 +62,7 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
     if mask_info is not None:
         doc["meta"]["mask_unit"] = mask_info
     if stage2_ckpt:
-        s2, s2_cfg, ck2 = _state(stage2_ckpt)
+        s2, s2_cfg, ck2 = read_checkpoint(stage2_ckpt)
         doc["stage2_config"] = ck2.get("stage2_config", s2_cfg)
         doc["stage2"] = {k: (v.half() if half and v.is_floating_point() else v) for k, v in s2.items()}
         doc["meta"]["stage2_step"] = int(ck2.get("step", 0))

@@ -206,10 +206,8 @@ class Trainer:
         if cfg.ema_decay > 0 and not cfg.dynconv_freeze:
             self.ema_net = copy.deepcopy(self.net).eval()
             self.ema_net.requires_grad_(False)
-            if self._ema_state is not None:
+            if self._ema_state is not None:  # else it starts from the current weights
                 self.ema_net.load_state_dict(self._ema_state)
-            else:
-                self.ema_updates = 0  # starts from the current weights
         self._ema_state = None
         self.model: nn.Module = self.net
         if self.world > 1:
