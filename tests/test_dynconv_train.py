@@ -279,6 +279,23 @@ def test_motion_gate_marks_the_moving_thing_after_warm_up():
     assert bg.shape == (192, 320, 3) and not gate.background_due()
 
 
+def test_motion_gate_backgrounds_computed_off_thread_arrive_a_fixed_number_of_frames_later():
+    """The background median runs in a worker thread and is taken `lag` frames after the update
+    that started it: the same masks as computing it on the spot, only later, whatever the timing."""
+    from xnect_app.motion_mask import MotionGate
+    frames = _moving_square_frames(40)
+    on_the_spot, threaded = MotionGate(warmup=10, lag=0), MotionGate(warmup=10, lag=3)
+    assert threaded.first_mask_frame == 13
+    now = [on_the_spot.update(f) for f in frames]
+    later = [threaded.update(f) for f in frames]
+    assert now[9] is None and now[10] is not None
+    assert all(m is None for m in later[:13]) and later[13] is not None
+    refreshed = 20  # the second update (doubling intervals: after frames 10 and 20)
+    for i in [*range(13, refreshed), *range(refreshed + 3, 40)]:
+        assert torch.equal(now[i], later[i]), i
+    assert any(not torch.equal(now[i], later[i]) for i in range(refreshed, refreshed + 3))
+
+
 def test_motion_masked_estimator_runs_dense_then_sparse_on_a_video_stream():
     frames = _moving_square_frames(34)
     torch.manual_seed(0)

@@ -1,7 +1,8 @@
 """Causal motion masks for DynConv on a static camera (`PoseEstimator(dynconv="motion")`).
 
 A mask source for networks trained without a DynConv mask unit. The background is the per-pixel
-median of frames sampled from the past (a ring buffer); a stride-8 cell is active when enough of
+median of frames sampled from the past (a ring buffer; computed in a worker thread, so the
+stream does not stall at each refresh); a stride-8 cell is active when enough of
 its pixels differ from it, and active cells grow by `margin` cells (still limbs, context). Inactive
 cells of the masked blocks get the features of the background image
 (`SparseStage1.set_background`), which is what a dense pass computes there while the background
@@ -10,6 +11,8 @@ clip). Limits: static cameras only; someone who stands still for longer than the
 becomes background; a moving camera makes everything active (the dense fallback then runs).
 """
 from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -29,6 +32,10 @@ FIRST_MASKED_BLOCK = 0
 # of the frame); 4: 1.9-2.2x, 0.94 (0.90).
 DEFAULT_MARGIN = 3
 
+# Background medians (~130-240 ms for 25 frames at 512x320) run here, off the inference thread;
+# numpy releases the GIL while it sorts. One worker: the gates of several streams take turns.
+_MEDIANS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="motion-background")
+
 
 class MotionGate:
     """Per-stream motion mask and background.
@@ -42,13 +49,22 @@ class MotionGate:
         samples: frames in the buffer (the background's memory: samples * sample_every frames).
         refresh: most frames between background updates (each update costs one dense pass of the
             backbone for the features); updates come sooner at first (doubling intervals).
+        lag: a new background, computed in a worker thread, is taken this many frames after its
+            update began (waiting for it then if it is not done), so the result does not depend on
+            timing. The first masks come after warmup + lag frames.
     """
 
     def __init__(self, warmup: int = 24, margin: int = DEFAULT_MARGIN, threshold: int = 25,
-                 cell_fraction: float = 0.05, sample_every: int = 4, samples: int = 25, refresh: int = 200):
+                 cell_fraction: float = 0.05, sample_every: int = 4, samples: int = 25, refresh: int = 200,
+                 lag: int = 4):
         self.warmup, self.margin, self.threshold, self.cell_fraction = warmup, margin, threshold, cell_fraction
-        self.sample_every, self.samples, self.refresh = sample_every, samples, refresh
+        self.sample_every, self.samples, self.refresh, self.lag = sample_every, samples, refresh, lag
         self.reset()
+
+    @property
+    def first_mask_frame(self) -> int:
+        """0-based index of the first frame that gets a mask (the ones before run dense)."""
+        return self.warmup + self.lag
 
     def reset(self) -> None:
         self._buffer: list[np.ndarray] = []
@@ -56,6 +72,8 @@ class MotionGate:
         self._background: np.ndarray | None = None
         self._grey: np.ndarray | None = None
         self._next_update = self.warmup
+        self._pending: Future | None = None
+        self._pending_due = 0
         self._fresh = False  # a new background whose features the network has not taken yet
         self.network_background: torch.Tensor | None = None  # the image the network holds features of
 
@@ -66,12 +84,15 @@ class MotionGate:
             self._buffer.append(image.copy())
             del self._buffer[:-self.samples]
         self._seen += 1
-        if self._seen > self._next_update:
-            self._background = np.median(np.stack(self._buffer), 0).astype(np.uint8)
-            self._grey = blurred_grey(self._background)
-            self._fresh = True
+        if self._seen > self._next_update and self._pending is None:
+            self._pending = _MEDIANS.submit(median_background, list(self._buffer))
+            self._pending_due = self._seen + self.lag
             interval = self._next_update
             self._next_update += min(self.refresh, max(interval, 1))
+        if self._pending is not None and self._seen >= self._pending_due:
+            self._background, self._grey = self._pending.result()
+            self._pending = None
+            self._fresh = True
         if self._background is None:
             return None
         share = moving_share_per_cell(blurred_grey(image), self._grey, self.threshold)
@@ -91,6 +112,12 @@ class MotionGate:
         """`background()` as the 1 x 3 x H x W float image `Stage1Net.set_sparse` takes."""
         bg = np.ascontiguousarray(self.background().transpose(2, 0, 1))
         return torch.from_numpy(bg)[None].float().to(device)
+
+
+def median_background(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel median of the frames, and its `blurred_grey`."""
+    background = np.median(np.stack(frames), 0).astype(np.uint8)
+    return background, blurred_grey(background)
 
 
 def blurred_grey(image: np.ndarray) -> np.ndarray:

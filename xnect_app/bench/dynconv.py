@@ -256,7 +256,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             `motion_mask.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
         mask_source: "learned" (the network's mask unit), "oracle" (median of the whole clip) or
             "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
-            past frames; it sees `warmup` frames before the timed ones); None: learned when the
+            past frames; it sees `first_mask_frame` frames before the timed ones); None: learned when the
             network has a mask unit, else oracle.
         stability: also compare dense with dense on the same frame slightly changed (re-encoded
             as JPEG quality 95; shifted by one pixel), untimed: how far the model's own output
@@ -287,8 +287,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     gate = None
     if causal:  # the gate first sees the frames before the timed ones (its warm-up)
         gate = MotionGate(margin=margin)
-        start = max(start, gate.warmup + 1)
-        for f in read_frames(video, gate.warmup + 1, start - gate.warmup - 1):
+        lead = gate.first_mask_frame
+        start = max(start, lead)
+        for f in read_frames(video, lead, start - lead):
             gate.update(letterbox(f, size)[0])
     clip = read_frames(video, frames + 1, start)
     if len(clip) < 2:
