@@ -112,6 +112,21 @@ def test_a_few_training_steps_reduce_the_loss_on_a_fixed_batch():
     assert losses[0]["enc3d"] > 0  # the 3D branch is supervised
 
 
+def test_the_heatmap_weight_scales_the_heatmap_term_and_the_logged_parts_stay_unweighted():
+    """`xnect-train stage1 --heatmap-weight W`: the heatmap term counts W times in the loss that
+    trains the network; the per-part losses in the log stay comparable across runs."""
+    import dataclasses
+    from xnect_app.train.losses import LossWeights
+    torch.manual_seed(0)
+    imgs, targets = _synthetic_batch()
+    with torch.no_grad():
+        out = Stage1Net(Stage1Config(backbone="selecsls42b")).eval()(imgs)
+    _, base = stage1_loss(out, targets)
+    total, parts = stage1_loss(out, targets, dataclasses.replace(LossWeights(), heatmap=3.0))
+    assert parts["heatmap"] == base["heatmap"] and parts["paf"] == base["paf"]
+    assert total.item() == pytest.approx(base["total"] + 2.0 * base["heatmap"], rel=1e-5)
+
+
 def test_training_continues_from_an_exported_weights_file(tmp_path):
     from xnect_app.train.export import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer

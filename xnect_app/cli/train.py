@@ -36,7 +36,8 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last, ema_decay=a.ema,
-                      loss=dataclasses.asdict(LossWeights(heatmap_positive_boost=a.heatmap_boost,
+                      loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
+                                                          heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
     if not Path(cfg.data_root).is_dir():
         fail("xnect-train", f"data root {cfg.data_root!r} is not a folder (point --data-root at the data)",
@@ -101,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW activations (default NHWC: about 1.5x faster steps on CPU)")
     s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")
+    s1.add_argument("--heatmap-weight", type=float, default=LossWeights.heatmap,
+                    help="weight of the heatmap loss against the PAF loss (default %(default)s; the PAF "
+                         "term is about 4x the heatmap term at weight 1)")
     s1.add_argument("--heatmap-boost", type=float, default=LossWeights.heatmap_positive_boost,
                     help="extra loss weight on heatmap cells near joints (default %(default)s)")
     s1.add_argument("--paf-boost", type=float, default=LossWeights.paf_positive_boost,
