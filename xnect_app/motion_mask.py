@@ -85,7 +85,7 @@ class MotionGate:
             del self._buffer[:-self.samples]
         self._seen += 1
         if self._seen > self._next_update and self._pending is None:
-            self._pending = _MEDIANS.submit(median_background, list(self._buffer))
+            self._pending = _MEDIANS.submit(median_frame, list(self._buffer))
             self._pending_due = self._seen + self.lag
             interval = self._next_update
             self._next_update += min(self.refresh, max(interval, 1))
@@ -114,7 +114,7 @@ class MotionGate:
         return torch.from_numpy(bg)[None].float().to(device)
 
 
-def median_background(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def median_frame(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel median of the frames, and its `blurred_grey`."""
     background = np.median(np.stack(frames), 0).astype(np.uint8)
     return background, blurred_grey(background)
