@@ -90,7 +90,8 @@ class MotionGate:
             interval = self._next_update
             self._next_update += min(self.refresh, max(interval, 1))
         if self._pending is not None and self._seen >= self._pending_due:
-            self._background, self._grey = self._pending.result()
+            self._background = self._pending.result()
+            self._grey = blurred_grey(self._background)
             self._pending = None
             self._fresh = True
         if self._background is None:
@@ -114,10 +115,9 @@ class MotionGate:
         return torch.from_numpy(bg)[None].float().to(device)
 
 
-def median_frame(frames: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel median of the frames, and its `blurred_grey`."""
-    background = np.median(np.stack(frames), 0).astype(np.uint8)
-    return background, blurred_grey(background)
+def median_frame(frames: list[np.ndarray]) -> np.ndarray:
+    """Per-pixel median of equally sized uint8 frames."""
+    return np.median(np.stack(frames), 0).astype(np.uint8)
 
 
 def blurred_grey(image: np.ndarray) -> np.ndarray:

@@ -46,7 +46,8 @@ from .. import skeleton
 from ..cli.model_args import (UserError, add_model_args, build_estimator, cells, estimator_kwargs, fraction,
                               non_negative_int, positive_int, run_cli)
 from ..estimator import letterbox
-from ..motion_mask import DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, moving_share_per_cell
+from ..motion_mask import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, median_frame,
+                           moving_share_per_cell)
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 from ..train.evaluate import coco_oks
@@ -127,7 +128,7 @@ def median_background(video: str | Path, size: tuple[int, int], samples: int = 2
     cap.release()
     if not picks:
         raise UserError(f"{video}: cannot read frames for the background")
-    return np.median(np.stack(picks), 0).astype(np.uint8)
+    return median_frame(picks)
 
 
 # --------------------------------------------------------------------------- agreement
