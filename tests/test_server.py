@@ -38,15 +38,20 @@ class SpotEstimator:
     tracking = True
     fit_skeleton = False
 
-    def __init__(self, delay_s: float = 0.0):
+    def __init__(self, delay_s: float = 0.0, hold: bool = False):
         self.delay_s = delay_s
         self.batch_sizes: list[int] = []
+        self.started = threading.Event()                   # a batch has reached the network
+        self.release = None if not hold else threading.Event()  # hold: batches wait for it
 
     def intrinsics_for(self, w: int, h: int) -> Intrinsics:
         return Intrinsics.from_fov(w, h, 60.0)
 
     def detect_batch(self, frames):
         self.batch_sizes.append(len(frames))
+        self.started.set()
+        if self.release is not None:
+            assert self.release.wait(30)
         time.sleep(self.delay_s)
         out = []
         for f in frames:
@@ -76,8 +81,8 @@ def frames():
     return read_frames("two_people_courtyard.mp4", n=4, width=270)
 
 
-def make_client(delay_s: float = 0.0, **cfg) -> tuple[TestClient, SpotEstimator]:
-    est = SpotEstimator(delay_s)
+def make_client(delay_s: float = 0.0, hold: bool = False, **cfg) -> tuple[TestClient, SpotEstimator]:
+    est = SpotEstimator(delay_s, hold)
     app = create_app(lambda: est, ServerConfig(**cfg), tracker_factory=CountingTracker)
     return TestClient(app), est
 
@@ -156,12 +161,18 @@ def test_each_client_is_tracked_apart_and_reset_restarts(frames):
 
 
 def test_newest_frame_wins_and_every_frame_is_answered(frames):
-    client, est = make_client(delay_s=0.3)
+    client, est = make_client(hold=True)  # frame 1 stays in inference until released
     with client, connect(client) as ws:
         recv(ws)
-        for i in range(1, 6):
+        ws.send_bytes(schemas.pack_frame(1, 0, jpeg(frames[1])))
+        assert est.started.wait(30)
+        for i in range(2, 6):
             ws.send_bytes(schemas.pack_frame(i, 0, jpeg(frames[i % len(frames)])))
         answers = {}
+        while len(answers) < 3:               # each waiting frame replaced by a newer one
+            m = recv(ws)
+            answers[m["frame_id"]] = m["type"]
+        est.release.set()
         while len(answers) < 5:
             m = recv(ws)
             answers[m["frame_id"]] = m["type"]
