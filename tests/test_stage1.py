@@ -1,4 +1,6 @@
 """Stage I network, its losses and masks, and that the training step actually learns."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -143,6 +145,37 @@ def test_training_continues_from_an_exported_weights_file(tmp_path):
     a = first.net.state_dict()["b2d_out.weight"]
     b = second.net.state_dict()["b2d_out.weight"]
     assert torch.allclose(a.half().float(), b)
+
+
+BUNDLED = Path(__file__).resolve().parents[1] / "models" / "xnect_selecsls60.pt"
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled weights missing")
+def test_export_keeps_the_stage2_of_an_existing_weights_file(tmp_path):
+    """`xnect-train export --stage2 models/xnect_selecsls60.pt`: a new Stage I with the bundled lifter."""
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    bundled = BUNDLED
+    Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b")).save()
+    export_weights(str(tmp_path / "a" / "last.pt"), str(bundled), str(tmp_path / "w.pt"))
+    old = torch.load(bundled, weights_only=True)
+    new = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert new["stage2_config"] == old["stage2_config"]
+    assert new["meta"]["stage2_step"] == old["meta"]["stage2_step"] > 0
+    assert new["stage2"].keys() == old["stage2"].keys()
+    assert all(torch.equal(new["stage2"][k], old["stage2"][k]) for k in old["stage2"])
+    with pytest.raises(ValueError, match="no Stage II"):  # a file exported without one
+        export_weights(str(tmp_path / "a" / "last.pt"), _without_stage2(tmp_path / "w.pt"), str(tmp_path / "x.pt"))
+
+
+def _without_stage2(path):
+    doc = torch.load(path, weights_only=True)
+    for k in ("stage2", "stage2_config"):
+        doc.pop(k)
+    out = path.with_name("no_stage2.pt")
+    torch.save(doc, out)
+    return str(out)
 
 
 def test_a_forward_hook_fires_once_on_the_fast_dense_path():

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     s2.set_defaults(fn=_stage2)
     ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
     ex.add_argument("--stage1", required=True)
-    ex.add_argument("--stage2")
+    ex.add_argument("--stage2", help="a `stage2` run's checkpoint, or a weights file whose Stage II to keep "
+                                     "(e.g. models/xnect_selecsls60.pt)")
     ex.add_argument("--mask-unit", metavar="CKPT",
                     help="add the DynConv mask unit of a `stage1 --dynconv --dynconv-freeze` run fitted to "
                          "this Stage I (e.g. runs/dynmask/last.pt)")

@@ -40,6 +40,18 @@ def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict,
     return s1, s1_cfg, info
 
 
+def _read_stage2(path: str) -> tuple[dict, dict, int]:
+    """(weights, config, step) of Stage II from a `stage2` training checkpoint or from a weights
+    file (e.g. the bundled one, to keep its Stage II beside a new Stage I)."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if ck.get("format") == WEIGHTS_FORMAT:
+        if "stage2" not in ck:
+            raise ValueError(f"{path}: this weights file has no Stage II")
+        return ck["stage2"], ck["stage2_config"], int(ck.get("meta", {}).get("stage2_step", 0))
+    s2, s2_cfg, _ = read_checkpoint(path)
+    return s2, ck.get("stage2_config", s2_cfg), int(ck.get("step", 0))
+
+
 def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True,
                    mask_unit_ckpt: str | None = None, averaged: bool = True) -> None:
     """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
@@ -62,10 +74,10 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
     if mask_info is not None:
         doc["meta"]["mask_unit"] = mask_info
     if stage2_ckpt:
-        s2, s2_cfg, ck2 = read_checkpoint(stage2_ckpt)
-        doc["stage2_config"] = ck2.get("stage2_config", s2_cfg)
+        s2, s2_cfg, s2_step = _read_stage2(stage2_ckpt)
+        doc["stage2_config"] = s2_cfg
         doc["stage2"] = {k: (v.half() if half and v.is_floating_point() else v) for k, v in s2.items()}
-        doc["meta"]["stage2_step"] = int(ck2.get("step", 0))
+        doc["meta"]["stage2_step"] = s2_step
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out}.tmp"
     torch.save(doc, tmp)
