@@ -10,6 +10,7 @@ before its header says it should) are logged and collected in ``source.problems`
 """
 from __future__ import annotations
 
+import contextlib
 import glob as globlib
 import logging
 import os
@@ -31,6 +32,18 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv",
                         ".flv", ".ts", ".3gp", ".ogv", ".mjpeg", ".mjpg"})
 URL_RE = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _opencv_silent():
+    """OpenCV's log off while probing a device: OpenCV 5 logs a missing camera at ERROR level
+    ('Camera index out of range') before our own one-line error."""
+    old = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    try:
+        yield
+    finally:
+        cv2.utils.logging.setLogLevel(old)
 
 
 class SourceError(RuntimeError):
@@ -183,7 +196,8 @@ class CameraSource(_CaptureSource):
         self.requested_size = size
 
     def open(self) -> "CameraSource":
-        self._cap = cv2.VideoCapture(self.index)
+        with _opencv_silent():
+            self._cap = cv2.VideoCapture(self.index)
         if not self._cap.isOpened():
             self._cap = None
             raise SourceError(
