@@ -156,10 +156,9 @@ def test_export_keeps_the_stage2_of_an_existing_weights_file(tmp_path):
     from xnect_app.train.export import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
-    bundled = BUNDLED
     Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b")).save()
-    export_weights(str(tmp_path / "a" / "last.pt"), str(bundled), str(tmp_path / "w.pt"))
-    old = torch.load(bundled, weights_only=True)
+    export_weights(str(tmp_path / "a" / "last.pt"), str(BUNDLED), str(tmp_path / "w.pt"))
+    old = torch.load(BUNDLED, weights_only=True)
     new = torch.load(tmp_path / "w.pt", weights_only=True)
     assert new["stage2_config"] == old["stage2_config"]
     assert new["meta"]["stage2_step"] == old["meta"]["stage2_step"] > 0
