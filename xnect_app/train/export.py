@@ -14,8 +14,13 @@ def read_checkpoint(path: str | os.PathLike, averaged: bool = True) -> tuple[dic
     """(weights, network config, whole checkpoint) of a training checkpoint: the weights' moving
     average when it keeps one (and `averaged`), else the raw weights."""
     ck = torch.load(path, map_location="cpu", weights_only=False)
+    return *_checkpoint_weights(ck, averaged), ck
+
+
+def _checkpoint_weights(ck: dict, averaged: bool = True) -> tuple[dict, dict]:
+    """(weights, network config) of a loaded training checkpoint; see read_checkpoint."""
     model = ck["ema"] if averaged and ck.get("ema") is not None else ck["model"]
-    return model, ck.get("stage1_config") or ck.get("stage2_config") or {}, ck
+    return model, ck.get("stage1_config") or ck.get("stage2_config") or {}
 
 
 def _with_mask_unit(s1: dict, s1_cfg: dict, mask_ckpt: str) -> tuple[dict, dict, dict]:
@@ -48,7 +53,7 @@ def _read_stage2(path: str) -> tuple[dict, dict, int]:
         if "stage2" not in ck:
             raise ValueError(f"{path}: this weights file has no Stage II")
         return ck["stage2"], ck["stage2_config"], int(ck.get("meta", {}).get("stage2_step", 0))
-    s2, s2_cfg, _ = read_checkpoint(path)
+    s2, s2_cfg = _checkpoint_weights(ck)
     return s2, ck.get("stage2_config", s2_cfg), int(ck.get("step", 0))
 
 
