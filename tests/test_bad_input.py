@@ -139,6 +139,8 @@ def test_bad_options_are_one_line():
     assert_clean_error(r, 1, "--dynconv-margin needs --dynconv with motion masks")
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv", "--dynconv-mask", "motion", "--dynconv-margin", "40")
     assert r.returncode == 2 and "0..16" in r.stderr and "Traceback" not in r.stderr
+    r = cli(str(SHORT), "--out-dir", "x", "--flip", "--dynconv")
+    assert_clean_error(r, 1, "--flip", "cannot be combined with --dynconv")
 
 
 def test_ctrl_c_in_the_middle_of_a_batch(tmp_path):

@@ -26,6 +26,7 @@ from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
+from .pose.flip import average_with_mirror
 from .pose.paf import GroupingConfig
 from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
@@ -109,6 +110,8 @@ class PoseEstimator:
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
             too (default `MotionGate`'s 3): more cells, slower, closer to the dense result.
+        flip_test: also run Stage I on the mirrored frame and average the two (pose.flip): more
+            accurate 2D at about half the Stage I speed (batch processing, evaluation); dense only.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to
             2x for DynConv). False runs them in the calling thread: for code that also runs torch
@@ -121,8 +124,8 @@ class PoseEstimator:
                  threshold: float = 0.1, min_score: float = DEFAULT_MIN_SCORE, backend: str = "torch",
                  onnx_dir: str | Path | None = None, onnx_threads: int | None = None,
                  dynconv: bool | str = False, dynconv_budget: float | None = None, dynconv_margin: int | None = None,
-                 torch_thread: bool = True, _networks: tuple[Stage1Net, Stage2Net | None] | None = None,
-                 _name: str | None = None):
+                 flip_test: bool = False, torch_thread: bool = True,
+                 _networks: tuple[Stage1Net, Stage2Net | None] | None = None, _name: str | None = None):
         self.torch_thread = bool(torch_thread)
         setup = dict(locals())
         del setup["self"], setup["torch_thread"]
@@ -132,8 +135,8 @@ class PoseEstimator:
         return on_torch_thread(fn, *args, **kwargs) if self.torch_thread else fn(*args, **kwargs)
 
     def _setup(self, weights, backbone, input_size, device, fov, random_init, tracking, fit_skeleton, threshold,
-               min_score, backend, onnx_dir, onnx_threads, dynconv, dynconv_budget, dynconv_margin, _networks,
-               _name) -> None:
+               min_score, backend, onnx_dir, onnx_threads, dynconv, dynconv_budget, dynconv_margin, flip_test,
+               _networks, _name) -> None:
         w, h = input_size
         if w % 16 or h % 16:
             raise ValueError(f"input size {w}x{h}: width and height must be multiples of 16")
@@ -184,6 +187,9 @@ class PoseEstimator:
         self._gate = None
         self._gate_kw = {}
         self._configure_dynconv(dynconv_budget, dynconv_margin)
+        self.flip_test = bool(flip_test)
+        if self.flip_test and self.dynconv:
+            raise ValueError("flip test runs Stage I on whole frames: it cannot be combined with dynconv")
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
         if backend == "onnxruntime" and self._ort is None:
@@ -323,6 +329,9 @@ class PoseEstimator:
             img, lb = letterbox(f, self.input_size)
             inputs.append(img)
             boxes.append(lb)
+        n_frames = len(inputs)
+        if self.flip_test:
+            inputs = inputs + [np.ascontiguousarray(img[:, ::-1]) for img in inputs]
         masks = None
         if self._ort is not None:
             x = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
@@ -343,10 +352,12 @@ class PoseEstimator:
             x = self._to_tensor(inputs)
             t1 = time.perf_counter()
             out = self.stage1(x)
-            masks = self._last_masks(gated, len(inputs))
+            masks = self._last_masks(gated, n_frames)
             hm = out.heatmaps.float().cpu().numpy()
             paf = out.pafs.float().cpu().numpy()
             enc = out.enc3d.float().cpu().numpy()
+        if self.flip_test:
+            hm, paf, enc = average_with_mirror(hm, paf, enc)
         t2 = time.perf_counter()
         results = []
         for i, f in enumerate(frames):

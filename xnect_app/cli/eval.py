@@ -5,6 +5,7 @@ Examples:
     xnect-eval coco ../shared/data/coco_dev --weights models/xnect_selecsls60.pt --json
     xnect-eval coco DIR --checkpoint runs/xnect60/last.pt         # a training checkpoint
     xnect-eval coco ../shared/data/coco_dev --dynconv             # DynConv sparse path (mask unit)
+    xnect-eval coco ../shared/data/coco_dev --flip                # flip test (image + mirror)
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --teacher3d adds the root-relative 3D error against the BlazePose
@@ -33,7 +34,8 @@ def _coco(a: argparse.Namespace) -> None:
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
-              min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget)
+              min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
+              flip_test=a.flip)
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
@@ -48,10 +50,11 @@ def _coco(a: argparse.Namespace) -> None:
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
     res["dynconv"] = bool(a.dynconv)
+    res["flip_test"] = bool(a.flip)
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"model {res['model']} at {res['input_size']} on {a.path} "
+        print(f"model {res['model']} at {res['input_size']}{' with flip test' if a.flip else ''} on {a.path} "
               f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
@@ -88,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the DynConv sparse path with the weights' mask unit (motion masks need video)")
     c.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                    help="with --dynconv, compute at most this share of each image")
+    c.add_argument("--flip", action="store_true",
+                   help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

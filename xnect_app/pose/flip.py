@@ -1,0 +1,47 @@
+"""Test-time flip: Stage I maps of a mirrored image turned back into maps of the original.
+
+A mirrored image shows every right joint as a left one and every horizontal vector reversed, so
+its maps become the original's by mirroring them, swapping left/right channels and negating the
+x parts of the PAFs and of the 3D encodings. Averaging the two is the usual flip test of
+bottom-up pose estimators (one more Stage I pass per frame).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import skeleton
+
+__all__ = ["unmirror_maps", "average_with_mirror"]
+
+_J2, _J3, _L = skeleton.NUM_JOINTS_2D, skeleton.NUM_JOINTS_3D, skeleton.NUM_LIMBS_2D
+_FLIP_2D = np.array(skeleton.FLIP_2D)
+_FLIP_3D = np.array(skeleton.FLIP_3D)
+_LIMB_INDEX = {limb: i for i, limb in enumerate(skeleton.LIMBS_2D)}
+# The limb a limb becomes in the mirror; (a, b) maps to (flip a, flip b) in the same direction.
+_FLIP_LIMBS = np.array([_LIMB_INDEX[(skeleton.FLIP_2D[a], skeleton.FLIP_2D[b])] for a, b in skeleton.LIMBS_2D])
+
+
+def unmirror_maps(heatmaps: np.ndarray, pafs: np.ndarray, enc3d: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maps (N, C, h, w) of horizontally mirrored images -> maps of the images themselves.
+
+    Its own inverse. heatmaps (N, 19, h, w), pafs (N, 36, h, w) (x, y per limb),
+    enc3d (N, 63, h, w) (x, y, z per 3D joint).
+    """
+    n, _, h, w = heatmaps.shape
+    hm = heatmaps[:, _FLIP_2D, :, ::-1]
+    paf = pafs.reshape(n, _L, 2, h, w)[:, _FLIP_LIMBS, :, :, ::-1].copy()
+    paf[:, :, 0] *= -1
+    enc = enc3d.reshape(n, _J3, 3, h, w)[:, _FLIP_3D, :, :, ::-1].copy()
+    enc[:, :, 0] *= -1
+    return np.ascontiguousarray(hm), paf.reshape(n, 2 * _L, h, w), enc.reshape(n, 3 * _J3, h, w)
+
+
+def average_with_mirror(heatmaps: np.ndarray, pafs: np.ndarray, enc3d: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maps of 2N images, N frames then the same N mirrored, -> the flip-averaged maps of the N."""
+    n = len(heatmaps) // 2
+    if len(heatmaps) != 2 * n:
+        raise ValueError(f"{len(heatmaps)} maps: expected the frames and their mirrors (an even count)")
+    back = unmirror_maps(heatmaps[n:], pafs[n:], enc3d[n:])
+    return tuple((a[:n] + b) * 0.5 for a, b in zip((heatmaps, pafs, enc3d), back))
