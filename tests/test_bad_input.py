@@ -141,6 +141,10 @@ def test_bad_options_are_one_line():
     assert r.returncode == 2 and "0..16" in r.stderr and "Traceback" not in r.stderr
     r = cli(str(SHORT), "--out-dir", "x", "--flip", "--dynconv")
     assert_clean_error(r, 1, "--flip", "cannot be combined with --dynconv")
+    r = cli(str(SHORT), "--out-dir", "x", "--scales", "1,0.5", "--dynconv")
+    assert_clean_error(r, 1, "--scales", "cannot be combined with --dynconv")
+    r = cli(str(SHORT), "--out-dir", "x", "--scales", "1,0")
+    assert r.returncode == 2 and "not in (0, 2]" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
 def test_ctrl_c_in_the_middle_of_a_batch(tmp_path):

@@ -26,7 +26,7 @@ from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
-from .pose.flip import average_with_mirror
+from .pose.test_time import average_with_mirror, resize_maps, scaled_size
 from .pose.paf import GroupingConfig
 from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
@@ -110,8 +110,11 @@ class PoseEstimator:
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
             too (default `MotionGate`'s 3): more cells, slower, closer to the dense result.
-        flip_test: also run Stage I on the mirrored frame and average the two (pose.flip): more
-            accurate 2D at about half the Stage I speed (batch processing, evaluation); dense only.
+        flip_test: also run Stage I on the mirrored frame and average the two (pose.test_time):
+            more accurate 2D at twice the Stage I time (batch processing, evaluation); dense only.
+        test_scales: run Stage I at these multiples of input_size and average the maps
+            (pose.test_time), e.g. (1, 0.75, 0.5): more accurate for large people, 1.8x the
+            Stage I time; dense only. Default (1,): one pass.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to
             2x for DynConv). False runs them in the calling thread: for code that also runs torch
@@ -124,7 +127,7 @@ class PoseEstimator:
                  threshold: float = 0.1, min_score: float = DEFAULT_MIN_SCORE, backend: str = "torch",
                  onnx_dir: str | Path | None = None, onnx_threads: int | None = None,
                  dynconv: bool | str = False, dynconv_budget: float | None = None, dynconv_margin: int | None = None,
-                 flip_test: bool = False, torch_thread: bool = True,
+                 flip_test: bool = False, test_scales: Sequence[float] = (1.0,), torch_thread: bool = True,
                  _networks: tuple[Stage1Net, Stage2Net | None] | None = None, _name: str | None = None):
         self.torch_thread = bool(torch_thread)
         setup = dict(locals())
@@ -136,7 +139,7 @@ class PoseEstimator:
 
     def _setup(self, weights, backbone, input_size, device, fov, random_init, tracking, fit_skeleton, threshold,
                min_score, backend, onnx_dir, onnx_threads, dynconv, dynconv_budget, dynconv_margin, flip_test,
-               _networks, _name) -> None:
+               test_scales, _networks, _name) -> None:
         w, h = input_size
         if w % 16 or h % 16:
             raise ValueError(f"input size {w}x{h}: width and height must be multiples of 16")
@@ -188,8 +191,13 @@ class PoseEstimator:
         self._gate_kw = {}
         self._configure_dynconv(dynconv_budget, dynconv_margin)
         self.flip_test = bool(flip_test)
-        if self.flip_test and self.dynconv:
-            raise ValueError("flip test runs Stage I on whole frames: it cannot be combined with dynconv")
+        self.test_scales = tuple(float(s) for s in test_scales)
+        if not self.test_scales:
+            raise ValueError("test_scales: give at least one scale")
+        self._scale_sizes = list(dict.fromkeys(scaled_size(self.input_size, s) for s in self.test_scales))
+        if (self.flip_test or self._scale_sizes != [self.input_size]) and self.dynconv:
+            raise ValueError("flip test and test scales run Stage I on whole frames: they cannot be combined "
+                             "with dynconv")
         if self.stage2 is not None:
             self.stage2.to(self.device).eval()
         if backend == "onnxruntime" and self._ort is None:
@@ -197,6 +205,8 @@ class PoseEstimator:
 
             self._ort = OnnxNetworks.from_networks(self.stage1, self.stage2, self.input_size, self.model_name,
                                                    threads=onnx_threads, providers=providers_for(device))
+        if self._ort is not None and not all(self._ort.supports_size(sz) for sz in self._scale_sizes):
+            raise ValueError(f"test scales: the ONNX model in {onnx_dir} was exported for one fixed size")
         self._frame_index = 0
         self._stream: Stage3Stream | None = None
         self.reset()
@@ -329,14 +339,10 @@ class PoseEstimator:
             img, lb = letterbox(f, self.input_size)
             inputs.append(img)
             boxes.append(lb)
-        n_frames = len(inputs)
-        if self.flip_test:
-            inputs = inputs + [np.ascontiguousarray(img[:, ::-1]) for img in inputs]
         masks = None
-        if self._ort is not None:
-            x = np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32)
+        if self._ort is not None or (self._gate is None and not self.dynconv):
             t1 = time.perf_counter()
-            hm, paf, enc = self._ort.stage1(x)
+            hm, paf, enc = self._dense_maps(inputs)
         elif self._gate is not None and streams is not None:
             # motion masks per stream: each frame is its own sparse pass with its stream's background
             t1 = time.perf_counter()
@@ -352,12 +358,10 @@ class PoseEstimator:
             x = self._to_tensor(inputs)
             t1 = time.perf_counter()
             out = self.stage1(x)
-            masks = self._last_masks(gated, n_frames)
+            masks = self._last_masks(gated, len(inputs))
             hm = out.heatmaps.float().cpu().numpy()
             paf = out.pafs.float().cpu().numpy()
             enc = out.enc3d.float().cpu().numpy()
-        if self.flip_test:
-            hm, paf, enc = average_with_mirror(hm, paf, enc)
         t2 = time.perf_counter()
         results = []
         for i, f in enumerate(frames):
@@ -374,6 +378,33 @@ class PoseEstimator:
                 results[-1].dynconv_mask = boxes[i].mask_to_frame(masks[i], fw, fh)
                 results[-1].computed_share = float((masks[i] > 0).mean())
         return results
+
+    def _one_pass(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dense Stage I maps (heatmaps, PAFs, encodings) of letterboxed images, either backend."""
+        if self._ort is not None:
+            return self._ort.stage1(np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32))
+        out = self.stage1(self._to_tensor(inputs))
+        return out.heatmaps.float().cpu().numpy(), out.pafs.float().cpu().numpy(), out.enc3d.float().cpu().numpy()
+
+    def _dense_maps(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Dense Stage I maps at the input size, averaged over the test scales and, with flip
+        test, over each image and its mirror."""
+        w, h = self.input_size
+        total = None
+        for size in self._scale_sizes:
+            batch = inputs if size == self.input_size else [
+                cv2.resize(img, size, interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
+                for img in inputs]
+            if self.flip_test:
+                batch = batch + [np.ascontiguousarray(img[:, ::-1]) for img in batch]
+            maps = self._one_pass(batch)
+            if self.flip_test:
+                maps = average_with_mirror(*maps)
+            if size != self.input_size:
+                maps = resize_maps(maps, (w // STRIDE, h // STRIDE))
+            total = maps if total is None else tuple(a + b for a, b in zip(total, maps))
+        n = len(self._scale_sizes)
+        return total if n == 1 else tuple(a / n for a in total)
 
     def _to_tensor(self, inputs: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()

@@ -6,6 +6,7 @@ Examples:
     xnect-eval coco DIR --checkpoint runs/xnect60/last.pt         # a training checkpoint
     xnect-eval coco ../shared/data/coco_dev --dynconv             # DynConv sparse path (mask unit)
     xnect-eval coco ../shared/data/coco_dev --flip                # flip test (image + mirror)
+    xnect-eval coco ../shared/data/coco_dev --scales 1,0.75,0.5   # multi-scale test
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --teacher3d adds the root-relative 3D error against the BlazePose
@@ -22,7 +23,12 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import DEFAULT_MIN_SCORE, fail, fraction, input_size, score
+from .model_args import DEFAULT_MIN_SCORE, OneLineParser, fail, fraction, input_size, scale_list, score
+
+
+def _augmentation(a: argparse.Namespace) -> str:
+    parts = (["flip test"] if a.flip else []) + ([f"scales {','.join(f'{s:g}' for s in a.scales)}"] if a.scales else [])
+    return f" with {' and '.join(parts)}" if parts else ""
 
 
 def _coco(a: argparse.Namespace) -> None:
@@ -35,7 +41,7 @@ def _coco(a: argparse.Namespace) -> None:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
               min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
-              flip_test=a.flip)
+              flip_test=a.flip, test_scales=a.scales or (1.0,))
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
@@ -51,10 +57,11 @@ def _coco(a: argparse.Namespace) -> None:
     res["input_size"] = "x".join(map(str, a.input_size))
     res["dynconv"] = bool(a.dynconv)
     res["flip_test"] = bool(a.flip)
+    res["test_scales"] = list(a.scales or (1.0,))
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"model {res['model']} at {res['input_size']}{' with flip test' if a.flip else ''} on {a.path} "
+        print(f"model {res['model']} at {res['input_size']}{_augmentation(a)} on {a.path} "
               f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
@@ -73,7 +80,7 @@ def _coco(a: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="xnect-eval", description=__doc__,
+    ap = OneLineParser(prog="xnect-eval", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("coco", help="COCO person-keypoints AP / PCK")
@@ -93,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="with --dynconv, compute at most this share of each image")
     c.add_argument("--flip", action="store_true",
                    help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
+    c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
+                   help="multi-scale test: Stage I at these multiples of --input-size, averaged (e.g. 1,0.75,0.5)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .model_args import positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from .model_args import OneLineParser, positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
 
 PROG = "xnect-process"
 EXIT_FAILED, EXIT_DAMAGED, EXIT_INTERRUPTED = 1, 3, 130
@@ -584,7 +584,7 @@ def _run_pool(todo: list[Job], opts: Options, workers: int, bars: _Bars, say,
 # --- command line -----------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__,
+    p = OneLineParser(prog=PROG, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, image files, folders or quoted globs")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")

@@ -18,14 +18,14 @@ import sys
 from pathlib import Path
 
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from .model_args import (DEFAULT_MIN_SCORE, UserError, add_dynconv_args, dynconv_kwargs, fail,
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, UserError, add_dynconv_args, dynconv_kwargs, fail,
                          input_size as parse_input_size, score)
 
 LOG = logging.getLogger("xnect_app.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xnect-server", description=__doc__,
+    p = OneLineParser(prog="xnect-server", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")

@@ -19,7 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import fail, input_size
+from .model_args import OneLineParser, fail, input_size
 
 
 def _stage1(a: argparse.Namespace) -> None:
@@ -79,7 +79,7 @@ def _export(a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     from ..train.losses import LossWeights
 
-    ap = argparse.ArgumentParser(prog="xnect-train", description=__doc__,
+    ap = OneLineParser(prog="xnect-train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s1 = sub.add_parser("stage1", help="train (or resume) the Stage I network")

@@ -1,17 +1,23 @@
-"""Test-time flip: Stage I maps of a mirrored image turned back into maps of the original.
+"""Test-time augmentation: Stage I maps averaged over mirrored and rescaled copies of a frame.
 
-A mirrored image shows every right joint as a left one and every horizontal vector reversed, so
+Flip: a mirrored image shows every right joint as a left one and every horizontal vector reversed, so
 its maps become the original's by mirroring them, swapping left/right channels and negating the
 x parts of the PAFs and of the 3D encodings. Averaging the two is the usual flip test of
 bottom-up pose estimators (one more Stage I pass per frame).
+
+Scales: Stage I on the frame scaled by s (e.g. 0.75, 0.5: large people look like the sizes it
+was trained on most) gives maps on a grid s times as fine; resampled to the input's grid (cell
+centres line up: both sizes are multiples of the stride) they average with the full-size maps.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from .. import skeleton
 
-__all__ = ["unmirror_maps", "average_with_mirror"]
+__all__ = ["unmirror_maps", "average_with_mirror", "scaled_size", "resize_maps"]
 
 _J2, _J3, _L = skeleton.NUM_JOINTS_2D, skeleton.NUM_JOINTS_3D, skeleton.NUM_LIMBS_2D
 _FLIP_2D = np.array(skeleton.FLIP_2D)
@@ -45,3 +51,18 @@ def average_with_mirror(heatmaps: np.ndarray, pafs: np.ndarray, enc3d: np.ndarra
         raise ValueError(f"{len(heatmaps)} maps: expected the frames and their mirrors (an even count)")
     back = unmirror_maps(heatmaps[n:], pafs[n:], enc3d[n:])
     return tuple((a[:n] + b) * 0.5 for a, b in zip((heatmaps, pafs, enc3d), back))
+
+
+def scaled_size(size: tuple[int, int], scale: float, multiple: int = 16) -> tuple[int, int]:
+    """(W, H) times `scale`, each rounded to a multiple of `multiple` (at least 2 of them)."""
+    if not 0.0 < scale <= 4.0:
+        raise ValueError(f"test scale {scale}: give a factor in (0, 4]")
+    return tuple(max(2 * multiple, int(round(v * scale / multiple)) * multiple) for v in size)
+
+
+def resize_maps(maps: tuple[np.ndarray, ...], size: tuple[int, int]) -> tuple[np.ndarray, ...]:
+    """Bilinear resampling of (N, C, h, w) maps to (N, C, H, W) for size (W, H); cell centres map
+    onto cell centres ((x + 0.5) * W / w - 0.5), as image resizing maps pixel centres."""
+    with torch.no_grad():
+        return tuple(F.interpolate(torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32)), size=size[::-1],
+                                   mode="bilinear", align_corners=False).numpy() for m in maps)

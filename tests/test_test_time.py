@@ -1,0 +1,113 @@
+"""Test-time augmentation: mirrored maps turned back, rescaled maps resampled onto the input grid,
+and an estimator whose results mirror with the image."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from xnect_app import skeleton
+from xnect_app.estimator import PoseEstimator, default_weights_path
+from xnect_app.pose.peaks import find_peaks
+from xnect_app.pose.test_time import average_with_mirror, resize_maps, scaled_size, unmirror_maps
+from xnect_app.pose.synthetic import random_scene
+from xnect_app.pose.targets import render_targets
+from xnect_app.train.augment import flip_labels
+
+COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
+
+
+def _targets(kp2d, kp3d, size=(512, 320)):
+    t = render_targets(kp2d, kp3d, size)
+    return t["heatmaps"][None], t["pafs"][None], t["enc3d"][None]
+
+
+def test_the_targets_of_a_mirrored_scene_unmirror_into_the_targets_of_the_scene():
+    scene = random_scene(np.random.default_rng(3), 3)
+    maps = _targets(scene.kp2d, scene.kp3d_rel_mm)
+    kp, k3, _ = flip_labels(scene.kp2d, scene.kp3d_rel_mm, scene.kp2d[..., 2].copy(), 512)
+    mirrored = _targets(kp, k3)
+    for name, want, got in zip(("heatmaps", "pafs", "enc3d"), maps, unmirror_maps(*mirrored)):
+        assert np.abs(want).max() > 0.5, name
+        np.testing.assert_allclose(got, want, atol=1e-4, err_msg=name)
+    # its own inverse, and the average of a frame with its exact mirror is the frame's maps
+    for want, got in zip(mirrored, unmirror_maps(*unmirror_maps(*mirrored))):
+        np.testing.assert_array_equal(got, want)
+    both = tuple(np.concatenate([m, x]) for m, x in zip(maps, mirrored))
+    for want, got in zip(maps, average_with_mirror(*both)):
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_maps_of_a_half_size_frame_resample_onto_the_full_size_grid():
+    """The joints of a scene rendered at 256x160, resampled to the 64x40 grid of 512x320, peak
+    where the full-size rendering puts them (pixel centres scale as image resizing scales them)."""
+    scene = random_scene(np.random.default_rng(5), 2, height_px=(150.0, 250.0))
+    half = scene.kp2d.copy()
+    half[..., :2] = (half[..., :2] + 0.5) * 0.5 - 0.5
+    full_hm = _targets(scene.kp2d, scene.kp3d_rel_mm)[0][0]
+    small = _targets(half, scene.kp3d_rel_mm, (256, 160))
+    resampled = resize_maps(small, (64, 40))
+    assert [m.shape[1:] for m in resampled] == [(19, 40, 64), (36, 40, 64), (63, 40, 64)]
+    errors = []
+    for want, got in zip(find_peaks(full_hm, 0.5), find_peaks(resampled[0][0], 0.3)):
+        for x, y, _ in want:
+            if len(got):
+                errors.append(np.hypot(*(got[:, :2] - (x, y)).T).min())
+    errors = np.array(errors)  # in cells; face points close together may merge at half size
+    assert len(errors) >= 20 and np.median(errors) < 0.15 and np.mean(errors < 0.3) > 0.8, errors.round(2)
+
+
+def test_scaled_sizes_stay_multiples_of_16():
+    assert scaled_size((512, 320), 0.75) == (384, 240)
+    assert scaled_size((512, 320), 0.5) == (256, 160)
+    assert scaled_size((512, 320), 0.3) == (160, 96)
+    assert scaled_size((512, 320), 0.01) == (32, 32)
+    with pytest.raises(ValueError):
+        scaled_size((512, 320), 0.0)
+
+
+def test_flip_and_scales_are_dense_only():
+    with pytest.raises(ValueError, match="dynconv"):
+        PoseEstimator(random_init=True, dynconv="motion", flip_test=True, torch_thread=False)
+    with pytest.raises(ValueError, match="dynconv"):
+        PoseEstimator(random_init=True, dynconv="motion", test_scales=(1, 0.5), torch_thread=False)
+    # scale 1 alone is the plain single pass
+    assert PoseEstimator(random_init=True, dynconv="motion", test_scales=(1.0,), torch_thread=False).dynconv
+
+
+def test_scales_run_on_both_backends_with_the_same_result():
+    frame = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
+    kw = dict(random_init=True, input_size=(128, 80), test_scales=(1, 0.75, 0.5), flip_test=True,
+              tracking=False, torch_thread=False)
+    torch_est = PoseEstimator(**kw)
+    ort_est = PoseEstimator.from_networks(torch_est.stage1, torch_est.stage2, backend="onnxruntime",
+                                          **{k: v for k, v in kw.items() if k != "random_init"})
+    with torch.inference_mode():
+        a = torch_est._dense_maps([frame[:80, :128].copy()])
+    b = ort_est._dense_maps([frame[:80, :128].copy()])
+    for x, y in zip(a, b):
+        assert x.shape[-2:] == (10, 16)
+        np.testing.assert_allclose(x, y, atol=2e-3)
+
+
+@pytest.mark.skipif(not COCO_DEV.is_dir() or not default_weights_path().is_file(),
+                    reason="needs ../shared/data/coco_dev and the bundled weights")
+def test_with_flip_test_the_people_of_a_mirrored_photo_are_the_mirrored_people():
+    """Without flip test a network's left/right and sub-cell biases differ between a photo and its
+    mirror; with it both give the same people, mirrored, left and right joints swapped."""
+    photo = cv2.imread(str(COCO_DEV / "images" / "000000000192.jpg"))
+    assert photo is not None
+    photo = cv2.resize(photo, (640, 400))  # the input's aspect: no letterbox border to break symmetry
+    est = PoseEstimator(flip_test=True, tracking=False, torch_thread=False)
+    people = est(photo).people
+    mirrored = est(np.ascontiguousarray(photo[:, ::-1])).people
+    assert len(people) >= 1 and len(mirrored) == len(people)
+    for p, m in zip(people, mirrored):
+        assert m.score == pytest.approx(p.score, abs=1e-3)
+        back = m.kp2d[list(skeleton.FLIP_2D)].copy()
+        back[:, 0] = 639 - back[:, 0]
+        seen = p.kp2d[:, 2] > 0
+        np.testing.assert_array_equal(back[:, 2] > 0, seen)
+        np.testing.assert_allclose(back[seen, :2], p.kp2d[seen, :2], atol=0.05)
+        assert np.isfinite(p.kp3d_cam_mm).all()
