@@ -26,7 +26,7 @@ from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
-from .pose.test_time import average_with_mirror, resize_maps, scaled_size
+from .pose.tta import average_with_mirror, resize_maps, scaled_size
 from .pose.paf import GroupingConfig
 from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
@@ -110,10 +110,10 @@ class PoseEstimator:
         dynconv_budget: with learned masks, the largest active share of the frame.
         dynconv_margin: with motion masks, how many stride-8 cells around the motion are computed
             too (default `MotionGate`'s 3): more cells, slower, closer to the dense result.
-        flip_test: also run Stage I on the mirrored frame and average the two (pose.test_time):
+        flip_test: also run Stage I on the mirrored frame and average the two (pose.tta):
             more accurate 2D at twice the Stage I time (batch processing, evaluation); dense only.
         test_scales: run Stage I at these multiples of input_size and average the maps
-            (pose.test_time), e.g. (1, 0.75, 0.5): more accurate for large people, 1.8x the
+            (pose.tta), e.g. (1, 0.75, 0.5): more accurate for large people, 1.8x the
             Stage I time; dense only. Default (1,): one pass.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to

@@ -3,6 +3,7 @@
 examples:
   xnect-bench pose                             # post-processing time for 1, 5, 10, 15 people
   xnect-bench pipeline --help                  # end-to-end fps on a video, threaded vs sequential
+  xnect-bench tta --frames 20                  # cost of --flip and --scales against one pass
   xnect-bench backbone --quick                 # batch 1 only, a few minutes on 2 CPU cores
   xnect-bench backbone --json > backbone.json  # everything, as one JSON document
   xnect-bench backbone --models 60 --sizes 512x320 --batches 1 --runs 5 --threads 2
@@ -141,6 +142,15 @@ def add_dynconv(subparsers) -> None:
     p.set_defaults(func=bench_dynconv.run)
 
 
+def add_tta(subparsers) -> None:
+    from xnect_app.bench import tta as bench_tta
+
+    p = subparsers.add_parser("tta", help="single pass vs --flip / --scales on a video, side by side",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench_tta.build_parser(p)
+    p.set_defaults(func=bench_tta.run)
+
+
 def add_fastpath(subparsers) -> None:
     from xnect_app.bench import fastpath as bench_fastpath
 
@@ -167,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline(sub)
     add_dynconv(sub)
     add_fastpath(sub)
+    add_tta(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-bench {name}")
     return parser

@@ -10,7 +10,7 @@ import torch
 from xnect_app import skeleton
 from xnect_app.estimator import PoseEstimator, default_weights_path
 from xnect_app.pose.peaks import find_peaks
-from xnect_app.pose.test_time import average_with_mirror, resize_maps, scaled_size, unmirror_maps
+from xnect_app.pose.tta import average_with_mirror, resize_maps, scaled_size, unmirror_maps
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
 from xnect_app.train.augment import flip_labels
@@ -111,3 +111,20 @@ def test_with_flip_test_the_people_of_a_mirrored_photo_are_the_mirrored_people()
         np.testing.assert_array_equal(back[:, 2] > 0, seen)
         np.testing.assert_allclose(back[seen, :2], p.kp2d[seen, :2], atol=0.05)
         assert np.isfinite(p.kp3d_cam_mm).all()
+
+
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="needs the bundled weights")
+def test_bench_times_every_setting_on_the_same_frames(tmp_path, capsys):
+    import json
+
+    from server_helpers import clip_path
+    from xnect_app.cli.bench import main
+    out = tmp_path / "tta.json"
+    assert main(["tta", "--video", str(clip_path()), "--frames", "2", "--input-size", "256x160",
+                 "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["single pass", "--flip", "--scales 1,0.75,0.5",
+                                            "--flip --scales 1,0.75,0.5"]
+    assert rows[0]["stage1_ratio"] == 1.0 and all(r["stage1_ms"] > 0 for r in rows)
+    assert rows[0]["people_per_frame"] >= 1  # two people walk in this clip
+    assert "--flip --scales 1,0.75,0.5" in capsys.readouterr().out

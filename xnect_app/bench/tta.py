@@ -1,0 +1,128 @@
+"""Test-time augmentation cost: one pass vs flip, scales and both, side by side on one video.
+
+The same frames go through each setting in turn (frame 1 through all settings, then frame 2, ...),
+so a busy machine slows them alike and the ratios to the single pass hold. Times are medians per
+frame of Stage I (all its passes) and of the whole detect call; "people" counts the detections.
+
+examples:
+  xnect-bench tta --frames 20
+  xnect-bench tta --video clip.mp4 --scales 1,0.75,0.5 --threads 2 --json tta.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli, scale_list
+from .pipeline import DEFAULT_VIDEO
+
+_log = logging.getLogger(__name__)
+
+
+def settings(scales: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+    s = ",".join(f"{v:g}" for v in scales)
+    return [("single pass", {}), ("--flip", {"flip_test": True}), (f"--scales {s}", {"test_scales": scales}),
+            (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
+
+
+def read_frames(video: str, n: int, start: int = 0) -> list[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(video)
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames = []
+    while len(frames) < n and (got := cap.read())[0]:
+        frames.append(got[1])
+    cap.release()
+    if not frames:
+        raise UserError(f"{video}: no frames could be read")
+    return frames
+
+
+def run_tta_bench(frames: list[np.ndarray], estimators: list[tuple[str, Any]], warmup: int = 2) -> list[dict]:
+    """Median ms per frame of each estimator, interleaved frame by frame."""
+    stage1: dict[str, list[float]] = {name: [] for name, _ in estimators}
+    total: dict[str, list[float]] = {name: [] for name, _ in estimators}
+    people: dict[str, int] = {name: 0 for name, _ in estimators}
+    for i, frame in enumerate(frames[:warmup] + frames):
+        for name, est in estimators:
+            t0 = time.perf_counter()
+            res = est.detect_batch([frame])[0]
+            dt = (time.perf_counter() - t0) * 1000
+            if i >= warmup:
+                stage1[name].append(res.timings_ms["stage1"])
+                total[name].append(dt)
+                people[name] += len(res.people)
+    base = float(np.median(stage1[estimators[0][0]]))
+    base_total = float(np.median(total[estimators[0][0]]))
+    return [{"setting": name, "stage1_ms": float(np.median(stage1[name])), "frame_ms": float(np.median(total[name])),
+             "stage1_ratio": float(np.median(stage1[name])) / base,
+             "frame_ratio": float(np.median(total[name])) / base_total,
+             "people_per_frame": people[name] / len(frames)} for name, _ in estimators]
+
+
+def format_report(rows: list[dict], size: tuple[int, int], n_frames: int, threads: int) -> str:
+    lines = [f"test-time augmentation at {size[0]}x{size[1]}, {n_frames} frames, {threads} torch threads "
+             "(medians per frame, settings interleaved)",
+             f"  {'setting':<28} {'Stage I ms':>10} {'x':>6} {'frame ms':>9} {'x':>6} {'people':>7}"]
+    for r in rows:
+        lines.append(f"  {r['setting']:<28} {r['stage1_ms']:>10.1f} {r['stage1_ratio']:>6.2f} {r['frame_ms']:>9.1f} "
+                     f"{r['frame_ratio']:>6.2f} {r['people_per_frame']:>7.1f}")
+    return "\n".join(lines)
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="xnect-bench tta", description=__doc__,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--video", default=str(DEFAULT_VIDEO),
+                   help="video to run on (default: demo_videos/vtest.avi; fetch it with demo_videos/fetch_vtest.sh)")
+    p.add_argument("--frames", type=int, default=20, help="timed frames per setting")
+    p.add_argument("--start", type=int, default=0, help="first frame")
+    p.add_argument("--bench-scales", type=scale_list, default=(1.0, 0.75, 0.5), metavar="S,S,...",
+                   help="the scales compared (default 1,0.75,0.5)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    add_model_args(p)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    if not Path(args.video).is_file():
+        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    if args.flip or args.scales or args.dynconv:
+        raise UserError("this bench compares the settings itself: leave out --flip, --scales and --dynconv")
+    if args.frames < 1:
+        raise UserError("--frames must be at least 1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = build_estimator(**estimator_kwargs(args, tracking=False), torch_thread=False)
+    kw = estimator_kwargs(args, tracking=False)
+    for key in ("weights", "backbone", "random_init", "seed"):
+        kw.pop(key, None)
+    estimators = [(name, base if not extra else
+                   type(base).from_networks(base.stage1, base.stage2, **kw, **extra))
+                  for name, extra in settings(tuple(args.bench_scales))]
+    frames = read_frames(args.video, args.frames, args.start)
+    _log.info("timing %d settings on %d frames", len(estimators), len(frames))
+    rows = run_tta_bench(frames, estimators)
+    print(format_report(rows, base.input_size, len(frames), torch.get_num_threads()))
+    if args.json:
+        from ..io.sinks import atomic_write_text
+        atomic_write_text(Path(args.json), json.dumps({"frames": len(frames), "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("xnect-bench tta", build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
