@@ -5,9 +5,9 @@ its maps become the original's by mirroring them, swapping left/right channels a
 x parts of the PAFs and of the 3D encodings. Averaging the two is the usual flip test of
 bottom-up pose estimators (one more Stage I pass per frame).
 
-Scales: Stage I on the frame scaled by s (e.g. 0.75, 0.5: large people look like the sizes it
-was trained on most) gives maps on a grid s times as fine; resampled to the input's grid (cell
-centres line up: both sizes are multiples of the stride) they average with the full-size maps.
+Scales: Stage I on the frame scaled by s (e.g. 0.75 and 0.5, which help large people most) gives
+maps on a grid s times as coarse; resampled to the input's grid (cell centres onto cell centres:
+both sizes are multiples of the stride) they average with the full-size maps.
 """
 from __future__ import annotations
 
