@@ -10,7 +10,7 @@ import torch
 from xnect_app import skeleton
 from xnect_app.estimator import PoseEstimator, default_weights_path
 from xnect_app.pose.peaks import find_peaks
-from xnect_app.pose.tta import average_with_mirror, resize_maps, scaled_size, unmirror_maps
+from xnect_app.pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size, unmirror_maps
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
 from xnect_app.train.augment import flip_labels
@@ -56,6 +56,24 @@ def test_maps_of_a_half_size_frame_resample_onto_the_full_size_grid():
                 errors.append(np.hypot(*(got[:, :2] - (x, y)).T).min())
     errors = np.array(errors)  # in cells; face points close together may merge at half size
     assert len(errors) >= 20 and np.median(errors) < 0.15 and np.mean(errors < 0.3) > 0.8, errors.round(2)
+
+
+def test_fusing_scales_keeps_a_person_only_one_scale_sees():
+    """A small person the coarse scale misses keeps full-height peaks and full-length PAFs (an
+    average would halve them), and a large one the coarse scale sees better takes its maps."""
+    small, large = random_scene(np.random.default_rng(1), 1), random_scene(np.random.default_rng(2), 1)
+    fine = _targets(small.kp2d, small.kp3d_rel_mm)
+    coarse = _targets(large.kp2d, large.kp3d_rel_mm)
+    hm, paf, enc = fuse_scales([fine, coarse])
+    np.testing.assert_array_equal(hm, np.maximum(fine[0], coarse[0]))
+    fine_len, coarse_len = (np.hypot(m[1][:, 0::2], m[1][:, 1::2]) for m in (fine, coarse))
+    np.testing.assert_allclose(np.hypot(paf[:, 0::2], paf[:, 1::2]), np.maximum(fine_len, coarse_len), atol=1e-6)
+    from_fine = np.repeat(fine_len > coarse_len, 2, axis=1)  # x and y of the limbs where fine is longer
+    assert from_fine.sum() > 20 and (~from_fine & (np.abs(coarse[1]) > 0.5)).sum() > 20
+    np.testing.assert_array_equal(paf[from_fine], fine[1][from_fine])
+    np.testing.assert_array_equal(paf[~from_fine], coarse[1][~from_fine])
+    assert enc is fine[2]
+    assert fuse_scales([fine]) is fine
 
 
 def test_scaled_sizes_stay_multiples_of_16():

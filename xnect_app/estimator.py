@@ -26,7 +26,7 @@ from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
-from .pose.tta import average_with_mirror, resize_maps, scaled_size
+from .pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size
 from .pose.paf import GroupingConfig
 from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
@@ -112,9 +112,9 @@ class PoseEstimator:
             too (default `MotionGate`'s 3): more cells, slower, closer to the dense result.
         flip_test: also run Stage I on the mirrored frame and average the two (pose.tta):
             more accurate 2D at twice the Stage I time (batch processing, evaluation); dense only.
-        test_scales: run Stage I at these multiples of input_size and average the maps
-            (pose.tta), e.g. (1, 0.75, 0.5): more accurate for large people, 1.8x the
-            Stage I time; dense only. Default (1,): one pass.
+        test_scales: run Stage I at these multiples of input_size and fuse the maps (pose.tta),
+            e.g. (1, 0.75, 0.5): more accurate for large people, 1.9x the Stage I time; dense
+            only. Default (1,): one pass.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to
             2x for DynConv). False runs them in the calling thread: for code that also runs torch
@@ -387,10 +387,10 @@ class PoseEstimator:
         return out.heatmaps.float().cpu().numpy(), out.pafs.float().cpu().numpy(), out.enc3d.float().cpu().numpy()
 
     def _dense_maps(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Dense Stage I maps at the input size, averaged over the test scales and, with flip
-        test, over each image and its mirror."""
+        """Dense Stage I maps at the input size: with flip test averaged over each image and its
+        mirror, with test scales fused over the scales (pose.tta.fuse_scales)."""
         w, h = self.input_size
-        total = None
+        per_scale = []
         for size in self._scale_sizes:
             batch = inputs if size == self.input_size else [
                 cv2.resize(img, size, interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
@@ -402,9 +402,8 @@ class PoseEstimator:
                 maps = average_with_mirror(*maps)
             if size != self.input_size:
                 maps = resize_maps(maps, (w // STRIDE, h // STRIDE))
-            total = maps if total is None else tuple(a + b for a, b in zip(total, maps))
-        n = len(self._scale_sizes)
-        return total if n == 1 else tuple(a / n for a in total)
+            per_scale.append(maps)
+        return fuse_scales(per_scale)
 
     def _to_tensor(self, inputs: list[np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(np.stack(inputs)).to(self.device).permute(0, 3, 1, 2).float()

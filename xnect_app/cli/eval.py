@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--flip", action="store_true",
                    help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
     c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
-                   help="multi-scale test: Stage I at these multiples of --input-size, averaged (e.g. 1,0.75,0.5)")
+                   help="multi-scale test: Stage I at these multiples of --input-size, fused (e.g. 1,0.75,0.5)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

@@ -108,8 +108,9 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                    help="flip test: also run Stage I on the mirrored frame and average the two (more accurate "
                         "2D at twice the Stage I time; not with --dynconv)")
     g.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
-                   help="multi-scale test: run Stage I at these multiples of --input-size and average, e.g. "
-                        "1,0.75,0.5 (more accurate for large people, 1.8x the Stage I time; not with --dynconv)")
+                   help="multi-scale test: run Stage I at these multiples of --input-size and keep the strongest "
+                        "response per cell, e.g. 1,0.75,0.5 (more accurate for large people, 2x the Stage I time; "
+                        "not with --dynconv)")
     add_dynconv_args(g)
 
 
