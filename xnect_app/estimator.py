@@ -26,8 +26,8 @@ from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
 from .nn.stage2 import Stage2Config, Stage2Net
-from .pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size
 from .pose.paf import GroupingConfig
+from .pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size
 from .torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
 
@@ -113,7 +113,7 @@ class PoseEstimator:
         flip_test: also run Stage I on the mirrored frame and average the two (pose.tta):
             more accurate 2D at twice the Stage I time (batch processing, evaluation); dense only.
         test_scales: run Stage I at these multiples of input_size and fuse the maps (pose.tta),
-            e.g. (1, 0.75, 0.5): more accurate for large people, 1.9x the Stage I time; dense
+            e.g. (1, 0.75, 0.5): more accurate for large people, 2x the Stage I time; dense
             only. Default (1,): one pass.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to

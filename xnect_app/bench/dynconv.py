@@ -554,8 +554,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench dynconv` would call)."""
-    if args.flip:
-        raise UserError("--flip does not apply here: this bench times single dense and sparse Stage I passes")
+    if args.flip or args.scales:
+        raise UserError("--flip and --scales do not apply here: this bench times single dense and sparse "
+                        "Stage I passes")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:

@@ -20,7 +20,8 @@ import threading
 import time
 from pathlib import Path
 
-from .model_args import OneLineParser, positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, run_cli
+from .model_args import (OneLineParser, UserError, add_model_args, build_estimator, estimator_kwargs, positive_int,
+                         run_cli)
 
 PROG = "xnect-demo"
 EXIT_DAMAGED_INPUT = 3
@@ -29,7 +30,7 @@ LOG = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_argument_group("input (one of)").add_mutually_exclusive_group(required=True)
     src.add_argument("--camera", type=int, metavar="N", help="camera index (0 = first camera)")
     src.add_argument("--video", metavar="PATH", help="video file")

@@ -81,7 +81,7 @@ def _coco(a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = OneLineParser(prog="xnect-eval", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("coco", help="COCO person-keypoints AP / PCK")
     c.add_argument("path", help="COCO folder (json + images) or the keypoints json")

@@ -74,7 +74,8 @@ def scale_list(text: str) -> tuple[float, ...]:
     try:
         scales = tuple(float(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 1,0.75,0.5)") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers (e.g. 1,0.75,0.5)"
+                                         ) from None
     bad = [s for s in scales if not 0.0 < s <= 2.0]
     if bad:
         raise argparse.ArgumentTypeError(f"{bad[0]} is not in (0, 2]")

@@ -585,7 +585,7 @@ def _run_pool(todo: list[Job], opts: Options, workers: int, bars: _Bars, say,
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, image files, folders or quoted globs")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--video", action="store_true", help="also write the annotated video (NAME.mp4)")

@@ -26,7 +26,7 @@ LOG = logging.getLogger("xnect_app.server")
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="xnect-server", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     net = p.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes the server to the network")
     net.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     from ..train.losses import LossWeights
 
     ap = OneLineParser(prog="xnect-train", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     s1 = sub.add_parser("stage1", help="train (or resume) the Stage I network")
     s1.add_argument("--out", default="runs/xnect60", help="run folder; resumes from OUT/last.pt")
