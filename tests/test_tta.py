@@ -1,5 +1,5 @@
-"""Test-time augmentation: mirrored maps turned back, rescaled maps resampled onto the input grid,
-and an estimator whose results mirror with the image."""
+"""Test-time augmentation: mirrored maps turned back, rescaled maps resampled onto the input grid
+and fused, an estimator whose results mirror with the image, and the bench."""
 from pathlib import Path
 
 import cv2
@@ -10,9 +10,9 @@ import torch
 from xnect_app import skeleton
 from xnect_app.estimator import PoseEstimator, default_weights_path
 from xnect_app.pose.peaks import find_peaks
-from xnect_app.pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size, unmirror_maps
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
+from xnect_app.pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size, unmirror_maps
 from xnect_app.train.augment import flip_labels
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
