@@ -351,7 +351,7 @@ class PoseEstimator:
                 gated = self._gate_batch([img], stream)
                 maps.append(self.stage1(self._to_tensor([img])))
                 mask_rows.append(self._last_masks(gated, 1))
-            hm, paf, enc = (torch.cat(m).float().cpu().numpy() for m in zip(*maps))
+            hm, paf, enc = _to_numpy(torch.cat(m) for m in zip(*maps))
             masks = np.concatenate(mask_rows)
         else:
             gated = self._gate_batch(inputs) if self._gate is not None else None
@@ -359,9 +359,7 @@ class PoseEstimator:
             t1 = time.perf_counter()
             out = self.stage1(x)
             masks = self._last_masks(gated, len(inputs))
-            hm = out.heatmaps.float().cpu().numpy()
-            paf = out.pafs.float().cpu().numpy()
-            enc = out.enc3d.float().cpu().numpy()
+            hm, paf, enc = _to_numpy(out)
         t2 = time.perf_counter()
         results = []
         for i, f in enumerate(frames):
@@ -383,8 +381,7 @@ class PoseEstimator:
         """Dense Stage I maps (heatmaps, PAFs, encodings) of letterboxed images, either backend."""
         if self._ort is not None:
             return self._ort.stage1(np.ascontiguousarray(np.stack(inputs).transpose(0, 3, 1, 2), dtype=np.float32))
-        out = self.stage1(self._to_tensor(inputs))
-        return out.heatmaps.float().cpu().numpy(), out.pafs.float().cpu().numpy(), out.enc3d.float().cpu().numpy()
+        return _to_numpy(self.stage1(self._to_tensor(inputs)))
 
     def _dense_maps(self, inputs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Dense Stage I maps at the input size: with flip test averaged over each image and its
@@ -481,6 +478,11 @@ class Stage3Stream:
         res.people = self.tracker.update(res.people, res.time_s, res.intrinsics, fit_skeleton=self.fit_skeleton)
         res.timings_ms["stage3"] = (time.perf_counter() - t0) * 1000
         return res
+
+
+def _to_numpy(maps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Stage I output (tensors) -> float32 numpy heatmaps, PAFs, encodings."""
+    return tuple(t.float().cpu().numpy() for t in maps)
 
 
 def _solve_roots(kp3d_mm: np.ndarray, kp2d: np.ndarray, intr: Intrinsics) -> np.ndarray:

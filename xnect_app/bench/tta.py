@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli, scale_list
+from .dynconv import read_frames
 from .pipeline import DEFAULT_VIDEO
 
 _log = logging.getLogger(__name__)
@@ -31,20 +32,6 @@ def settings(scales: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
     s = ",".join(f"{v:g}" for v in scales)
     return [("single pass", {}), ("--flip", {"flip_test": True}), (f"--scales {s}", {"test_scales": scales}),
             (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
-
-
-def read_frames(video: str, n: int, start: int = 0) -> list[np.ndarray]:
-    import cv2
-
-    cap = cv2.VideoCapture(video)
-    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-    frames = []
-    while len(frames) < n and (got := cap.read())[0]:
-        frames.append(got[1])
-    cap.release()
-    if not frames:
-        raise UserError(f"{video}: no frames could be read")
-    return frames
 
 
 def run_tta_bench(frames: list[np.ndarray], estimators: list[tuple[str, Any]], warmup: int = 2) -> list[dict]:
@@ -61,12 +48,12 @@ def run_tta_bench(frames: list[np.ndarray], estimators: list[tuple[str, Any]], w
                 stage1[name].append(res.timings_ms["stage1"])
                 total[name].append(dt)
                 people[name] += len(res.people)
-    base = float(np.median(stage1[estimators[0][0]]))
-    base_total = float(np.median(total[estimators[0][0]]))
-    return [{"setting": name, "stage1_ms": float(np.median(stage1[name])), "frame_ms": float(np.median(total[name])),
-             "stage1_ratio": float(np.median(stage1[name])) / base,
-             "frame_ratio": float(np.median(total[name])) / base_total,
+    rows = [{"setting": name, "stage1_ms": float(np.median(stage1[name])), "frame_ms": float(np.median(total[name])),
              "people_per_frame": people[name] / len(frames)} for name, _ in estimators]
+    for r in rows:
+        r["stage1_ratio"] = r["stage1_ms"] / rows[0]["stage1_ms"]
+        r["frame_ratio"] = r["frame_ms"] / rows[0]["frame_ms"]
+    return rows
 
 
 def format_report(rows: list[dict], size: tuple[int, int], n_frames: int, threads: int) -> str:
@@ -103,14 +90,16 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--frames must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = build_estimator(**estimator_kwargs(args, tracking=False), torch_thread=False)
     kw = estimator_kwargs(args, tracking=False)
-    for key in ("weights", "backbone", "random_init", "seed"):
+    base = build_estimator(**kw, torch_thread=False)
+    for key in ("weights", "backbone", "random_init", "seed"):  # the networks are shared
         kw.pop(key, None)
     estimators = [(name, base if not extra else
                    type(base).from_networks(base.stage1, base.stage2, **kw, **extra))
                   for name, extra in settings(tuple(args.bench_scales))]
     frames = read_frames(args.video, args.frames, args.start)
+    if not frames:
+        raise UserError(f"{args.video}: no frames could be read from frame {args.start} on")
     _log.info("timing %d settings on %d frames", len(estimators), len(frames))
     rows = run_tta_bench(frames, estimators)
     print(format_report(rows, base.input_size, len(frames), torch.get_num_threads()))

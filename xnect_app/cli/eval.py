@@ -56,8 +56,8 @@ def _coco(a: argparse.Namespace) -> None:
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
     res["dynconv"] = bool(a.dynconv)
-    res["flip_test"] = bool(a.flip)
-    res["test_scales"] = list(a.scales or (1.0,))
+    res["flip_test"] = est.flip_test
+    res["test_scales"] = list(est.test_scales)
     if a.json:
         print(json.dumps(res, indent=2))
     else:
