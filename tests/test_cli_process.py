@@ -86,12 +86,25 @@ def test_every_decoded_frame_has_a_record_and_a_video_frame(processed):
         meta, recs = jsonl_records(out / f"{clip.stem}.jsonl")
         assert meta["type"] == "meta" and meta["model"].startswith("selecsls60")
         assert meta["intrinsics"]["fx"] > 0 and meta["source"].endswith(clip.name)
+        assert meta["inference"]["input_wh"] == [128, 80] and meta["inference"]["flip_test"] is False
         assert [rec["frame"] for rec in recs] == list(range(n)), clip.name
         assert all(rec["type"] == "frame" for rec in recs)
         assert len(frames_of(out / f"{clip.stem}.mp4")) == n
         manifest = json.loads((out / f"{clip.stem}.done.json").read_text())
         assert manifest["frames"] == n and f"{clip.stem}.jsonl" in manifest["outputs"]
     assert "3 done, 0 skipped, 0 failed" in r.stdout or "2 done, 0 skipped, 0 failed" in r.stdout
+
+
+def test_the_meta_record_says_how_the_frames_were_run(clips, tmp_path):
+    """Outputs made with test-time augmentation say so (a re-run without it must be told apart)."""
+    r = cli(str(clips / "short_clip.mp4"), "--out-dir", str(tmp_path), "--no-progress", "--flip",
+            "--scales", "1,0.5", *FAST)
+    assert r.returncode == 0, r.stderr
+    meta, recs = jsonl_records(tmp_path / "short_clip.jsonl")
+    assert len(recs) == 5
+    inference = meta["inference"]
+    assert inference["flip_test"] is True and inference["test_scales"] == [1.0, 0.5]
+    assert inference["dynconv"] is False and inference["backend"] == "torch"
 
 
 def test_csv_and_coco_match_the_jsonl(processed):

@@ -312,6 +312,13 @@ class PoseEstimator:
     def intrinsics_for(self, width: int, height: int) -> Intrinsics:
         return Intrinsics.from_fov(width, height, self.fov)
 
+    def settings(self) -> dict[str, Any]:
+        """How this estimator runs (recorded in the JSON-lines meta record, so outputs made with
+        --flip, --scales, --dynconv ... say so)."""
+        return {"input_wh": list(self.input_size), "backend": self.backend, "device": str(self.device),
+                "dynconv": self.dynconv or False, "flip_test": self.flip_test,
+                "test_scales": list(self.test_scales), "min_score": self.min_score, "fov_deg": self.fov}
+
     # -- inference ------------------------------------------------------------------------------
     def detect_batch(self, frames: Sequence[np.ndarray],
                      streams: Sequence[Hashable] | None = None) -> list[FrameResult]:

@@ -148,9 +148,11 @@ class FrameResult:
 
 
 def meta_record(model: str, intrinsics: Intrinsics | None, image_size: tuple[int, int] | None,
-                fps: float | None = None, source: str | None = None) -> dict[str, Any]:
-    """The first JSON-lines record: joint sets, units, camera and model."""
-    return {
+                fps: float | None = None, source: str | None = None,
+                inference: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The first JSON-lines record: joint sets, units, camera, model and how it was run
+    (`inference`: PoseEstimator.settings())."""
+    record = {
         "type": "meta",
         "schema_version": SCHEMA_VERSION,
         "joints_2d": list(skeleton.JOINTS_2D),
@@ -165,6 +167,9 @@ def meta_record(model: str, intrinsics: Intrinsics | None, image_size: tuple[int
         "source": source,
         "model": model,
     }
+    if inference is not None:
+        record["inference"] = inference
+    return record
 
 
 def _rows(a: np.ndarray, ndigits: int) -> list[list[float | None]]:

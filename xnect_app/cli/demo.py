@@ -126,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if jsonl is not None:
             sinks.append(JsonlSink(jsonl, model=est.model_name, source=source.name, fps=source.fps,
-                                   intrinsics_for=est.intrinsics_for, per_frame_camera=is_images))
+                                   intrinsics_for=est.intrinsics_for, per_frame_camera=is_images,
+                                   inference=est.settings()))
         if record is not None:
             sinks.append(VideoSink(record, source.fps or (2.0 if is_images else None)))
     except OSError as e:

@@ -291,7 +291,7 @@ def run_job(job: Job, opts: Options, estimator, *, on_frame: Callable[[], None] 
         base = out_dir / job.name
         sinks.append(JsonlSink(f"{base}.jsonl", model=estimator.model_name, source=job.label,
                                fps=source.fps, intrinsics_for=estimator.intrinsics_for,
-                               per_frame_camera=job.kind == "images"))
+                               per_frame_camera=job.kind == "images", inference=estimator.settings()))
         if opts.video:
             sinks.append(VideoSink(f"{base}.mp4", source.fps or 2.0))
         if opts.coco:

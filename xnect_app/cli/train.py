@@ -36,6 +36,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last, ema_decay=a.ema,
+                      coco_repeat=a.coco_repeat, composite_prob=a.composite_prob,
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -44,6 +45,10 @@ def _stage1(a: argparse.Namespace) -> None:
              code=2)
     if a.init and not Path(a.init).is_file():
         fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
+    if a.coco_repeat < 1:
+        fail("xnect-train", f"--coco-repeat {a.coco_repeat}: give 1 or more", code=2)
+    if not 0.0 <= a.composite_prob <= 1.0:
+        fail("xnect-train", f"--composite-prob {a.composite_prob}: give a probability in [0, 1]", code=2)
     if not 0.0 <= a.ema < 1.0:
         fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=2)
     if not 0.0 < a.dynconv_budget <= 1.0:
@@ -102,6 +107,11 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW activations (default NHWC: about 1.5x faster steps on CPU)")
     s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")
+    s1.add_argument("--coco-repeat", type=int, default=10,
+                    help="how many times each COCO training image counts among the real images (LSPET's "
+                         "10,000 count once; default %(default)s)")
+    s1.add_argument("--composite-prob", type=float, default=0.5,
+                    help="share of training items made as multi-person composites (default %(default)s)")
     s1.add_argument("--heatmap-weight", type=float, default=LossWeights.heatmap,
                     help="weight of the heatmap loss against the PAF loss (default %(default)s; the PAF "
                          "term is about 4x the heatmap term at weight 1)")

@@ -130,9 +130,10 @@ class JsonlSink(_TextFileSink):
 
     def __init__(self, path: str | os.PathLike, *, model: str, source: str | None = None,
                  fps: float | None = None, intrinsics_for: Callable[[int, int], Intrinsics] | None = None,
-                 per_frame_camera: bool = False) -> None:
+                 per_frame_camera: bool = False, inference: dict[str, Any] | None = None) -> None:
         super().__init__(path)
         self.model, self.source, self.fps = model, source, fps
+        self.inference = inference
         self.intrinsics_for = intrinsics_for
         self.per_frame_camera = per_frame_camera
         self.frames_written = 0
@@ -146,10 +147,11 @@ class JsonlSink(_TextFileSink):
 
     def _write_meta(self, result: FrameResult | None) -> None:
         if result is None or self.per_frame_camera:
-            meta = meta_record(self.model, None, None, fps=self.fps, source=self.source)
+            meta = meta_record(self.model, None, None, fps=self.fps, source=self.source,
+                               inference=self.inference)
         else:
             meta = meta_record(self.model, self._intrinsics(result), tuple(result.image_size),
-                               fps=self.fps, source=self.source)
+                               fps=self.fps, source=self.source, inference=self.inference)
         self._f.write(json.dumps(meta) + "\n")
 
     def write(self, frame: Frame, result: FrameResult, rendered: np.ndarray | None = None) -> None:

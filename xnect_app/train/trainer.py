@@ -48,6 +48,7 @@ class TrainConfig:
     dev_set: str | None = "../shared/data/coco_dev"
     teacher_cache: str = "data_cache"
     composite_prob: float = 0.5
+    coco_repeat: int = 10  # COCO images appear this many times among the real images (LSPET once)
     workers: int = 1
     threads: int | None = None
     seed: int = 0
@@ -209,6 +210,11 @@ class Trainer:
             if self._ema_state is not None:  # else it starts from the current weights
                 self.ema_net.load_state_dict(self._ema_state)
         self._ema_state = None
+        if cfg.dev_set and self.rank == 0:
+            # imported now, not at the first evaluation: editing the package while a run goes on
+            # must not leave the run with a half-edited estimator
+            from .evaluate import evaluate_coco  # noqa: F401
+            from ..estimator import PoseEstimator  # noqa: F401
         self.model: nn.Module = self.net
         if self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(self.net)
@@ -283,7 +289,7 @@ class Trainer:
         from .data import build_training_dataset
 
         ds = build_training_dataset(data_root=self.cfg.data_root, size=tuple(self.cfg.size),
-                                    composite_prob=self.cfg.composite_prob,
+                                    composite_prob=self.cfg.composite_prob, coco_repeat=self.cfg.coco_repeat,
                                     teacher_cache=self.cfg.teacher_cache,
                                     seed=self.cfg.seed + 1000 * self.rank + self.step)
         sampler = torch.utils.data.RandomSampler(ds, replacement=True,
