@@ -32,11 +32,12 @@ def _stage1(a: argparse.Namespace) -> None:
                       workers=a.workers, threads=a.threads, backbone_weights=a.backbone_weights,
                       device=a.device, warmup_steps=a.warmup_steps, init_weights=a.init,
                       lr_decay_at=tuple(int(s) for s in a.lr_decay_at.split(",") if s),
+                      lr_decay_after_hours=a.lr_decay_after_hours,
                       dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last, ema_decay=a.ema,
-                      coco_repeat=a.coco_repeat, composite_prob=a.composite_prob,
+                      coco_repeat=a.coco_repeat, composite_prob=a.composite_prob, amp=a.amp,
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--lr", type=float, default=5e-4)
     s1.add_argument("--warmup-steps", type=int, default=200)
     s1.add_argument("--lr-decay-at", default="", help="comma-separated steps with a 10x drop")
+    s1.add_argument("--lr-decay-after-hours", type=float, metavar="H",
+                    help="a 10x drop once this run has trained H hours (for time-boxed runs)")
     s1.add_argument("--epoch-steps", type=int, default=400, help="steps between dev evaluations")
     s1.add_argument("--max-steps", type=int)
     s1.add_argument("--max-hours", type=float)
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--workers", type=int, default=1)
     s1.add_argument("--threads", type=int)
     s1.add_argument("--device", default="cpu")
+    s1.add_argument("--amp", action="store_true",
+                    help="bfloat16 autocast for the network, losses in float32 (GPUs; slower on CPU)")
     s1.add_argument("--no-channels-last", action="store_true",
                     help="keep NCHW activations (default NHWC: about 1.5x faster steps on CPU)")
     s1.add_argument("--backbone-weights", help="official/timm SelecSLS ImageNet state dict for the core")

@@ -198,7 +198,7 @@ def read_lspet(root: str | os.PathLike, ignore_context: bool = True) -> list[Ima
         kp = lspet_to_ours(np.asarray(im["joints"]), im["width"], im["height"])
         rec = ImageRecord(path=str(root / im["file"]), width=im["width"], height=im["height"],
                           kp2d=kp[None], labelled_2d=labelled.copy(), source="lspet",
-                          keys=[Path(im["file"]).name])
+                          keys=[Path(im.get("original_file", im["file"])).name])
         if ignore_context:
             x, y, w, h = rec.boxes[0]
             m = 0.25 * max(w, h, 10.0)
@@ -256,7 +256,7 @@ def read_coco(root_or_json: str | os.PathLike, source: str | None = None) -> lis
                   for poly in _coco_ignore_polys(a)]
         kp = (np.stack([coco_to_ours(a["keypoints"]) for a in people]) if people
               else np.zeros((0, J2D, 3), np.float32))
-        name = Path(im["file_name"]).name
+        name = Path(im.get("original_file", im["file_name"])).name  # packs re-encode, keys stay
         boxes = np.array([a["bbox"] for a in people], np.float32).reshape(-1, 4)
         recs.append(ImageRecord(path=str(root / im["file_name"]), width=im["width"], height=im["height"],
                                 kp2d=kp, labelled_2d=labelled.copy(), source=source,
