@@ -31,6 +31,9 @@ def test_ground_truth_as_predictions_scores_perfectly_and_a_shift_scores_lower()
     assert body["ap"] > 0.99
     shifted = coco_ap(data, _gt_as_results(data, shift=6.0))
     assert shifted["ap"] < 0.9
+    # OKS scales with the person's area: the same 6 px costs medium people more than large ones
+    assert perfect["ap_medium"] > 0.99 and perfect["ap_large"] > 0.99
+    assert shifted["ap_medium"] < shifted["ap_large"] - 0.1
     assert pck(data, _gt_as_results(data)) == pytest.approx(1.0)
     assert pck(data, []) == 0.0
 

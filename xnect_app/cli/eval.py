@@ -64,7 +64,8 @@ def _coco(a: argparse.Namespace) -> None:
         print(f"model {res['model']} at {res['input_size']}{_augmentation(a)} on {a.path} "
               f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
-        print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}")
+        print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}   "
+              f"medium {res['ap_medium_body']:.3f}   large {res['ap_large_body']:.3f}")
         print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
         if "computed_share" in res:
             print(f"  DynConv            {res['computed_share']:.3f} of the stride-8 cells computed (mean)")

@@ -98,7 +98,7 @@ def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], joints: tuple[int
             c["keypoints"] = [c["keypoints"][i] for i in idx] if "keypoints" in c else []
     gt.setdefault("categories", [{"id": 1, "name": "person"}])
     if not results:
-        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ar": 0.0}
+        return {"ap": 0.0, "ap50": 0.0, "ap75": 0.0, "ap_medium": 0.0, "ap_large": 0.0, "ar": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):
         cg = COCO()
         cg.dataset = gt
@@ -110,8 +110,10 @@ def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], joints: tuple[int
         ev.accumulate()
         ev.summarize()
     s = ev.stats
+    # COCO's size ranges: medium 32^2..96^2 px of segment area, large above (small people have no
+    # keypoint AP in COCO); -1 (no such people) becomes 0
     return {"ap": float(max(s[0], 0)), "ap50": float(max(s[1], 0)), "ap75": float(max(s[2], 0)),
-            "ar": float(max(s[5], 0))}
+            "ap_medium": float(max(s[3], 0)), "ap_large": float(max(s[4], 0)), "ar": float(max(s[5], 0))}
 
 
 def pck(gt: dict[str, Any], results: list[dict[str, Any]], alpha: float = 0.2) -> float:
@@ -154,6 +156,7 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
     n_gt = sum(1 for a in data["annotations"] if a.get("num_keypoints", 0) > 0 and not a.get("iscrowd", 0))
     out = {"ap": all17["ap"], "ap50": all17["ap50"], "ar": all17["ar"],
            "ap_body": body["ap"], "ap50_body": body["ap50"], "ar_body": body["ar"],
+           "ap_medium_body": body["ap_medium"], "ap_large_body": body["ap_large"],
            "pck_body@0.2": pck(data, results), "images": len(data["images"]), "gt_persons": n_gt,
            "detections": len(results)}
     if shares:  # DynConv: mean share of the stride-8 cells computed
