@@ -64,3 +64,26 @@ def test_a_2d_only_lifter_ignores_the_3d_encodings_and_the_read_out():
     torch.testing.assert_close(a, b)
     assert (a - c.flip(0)).abs().max() < 1e-5 and (a - c).abs().max() > 1e-3
     assert torch.allclose(a[:, skeleton.ROOT_3D], torch.zeros(16, 3))
+
+
+def test_real_pairs_keep_2d_and_3d_facing_the_same_way_when_mirrored():
+    """Annotated 2D with the teacher's 3D: whichever way a sampled person is mirrored, the right
+    shoulder is on the same side of the left one in the image and in camera space."""
+    import pytest
+    from pathlib import Path
+    from xnect_app.train.stage2 import load_real_pairs
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data"
+    if not (data / "lspet").is_dir():
+        pytest.skip(f"training data not found at {data}")
+    pairs = load_real_pairs(str(data), str(Path(__file__).resolve().parents[1] / "data_cache"))
+    assert pairs is not None and len(pairs) > 5000
+    kp, k3 = pairs.sample(np.random.default_rng(0), 4000, (256, 160))
+    rs2, ls2 = skeleton.JOINTS_2D.index("r_shoulder"), skeleton.JOINTS_2D.index("l_shoulder")
+    rs3, ls3 = skeleton.JOINTS_3D.index("r_shoulder"), skeleton.JOINTS_3D.index("l_shoulder")
+    d2, d3 = kp[:, rs2, 0] - kp[:, ls2, 0], k3[:, rs3, 0] - k3[:, ls3, 0]
+    wide = (kp[:, rs2, 2] > 0) & (kp[:, ls2, 2] > 0) & (np.abs(d2) > 2.0)  # 2+ cells apart
+    assert wide.sum() > 1000
+    assert np.mean(np.sign(d2[wide]) == np.sign(d3[wide])) > 0.95
+    heights = kp[..., 1].max(1) - np.where(kp[..., 2] > 0, kp[..., 1], np.inf).min(1)
+    assert 9 < np.median(heights) < 61  # people as tall as the synthetic ones, in map cells

@@ -65,7 +65,7 @@ def _stage2(a: argparse.Namespace) -> None:
     train_stage2(Stage2TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                    teacher_cache=a.teacher_cache, data_root=a.data_root,
                                    enc_noise_max_m=a.enc_noise_max, enc_drop=a.enc_drop,
-                                   use_encodings=not a.no_encodings))
+                                   use_encodings=not a.no_encodings, pair_frac=a.pair_frac))
 
 
 def _export(a: argparse.Namespace) -> None:
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="largest per-example noise on the simulated 3D encodings, metres (default 0.3)")
     s2.add_argument("--enc-drop", type=float, default=0.25,
                     help="share of examples without encodings, lifted from 2D alone (default 0.25)")
+    s2.add_argument("--pair-frac", type=float, default=0.0, metavar="F",
+                    help="share of examples that are annotated training people with the teacher's 3D, "
+                         "rather than 3D poses projected in synthetic cameras (default %(default)s)")
     s2.add_argument("--no-encodings", action="store_true",
                     help="lift from the 2D joints alone, ignoring Stage I's 3D encodings (for Stage I "
                          "weights whose 3D branch does not help yet; `xnect-eval coco --teacher3d` tells)")

@@ -52,11 +52,71 @@ class Stage2TrainConfig:
     enc_noise_max_m: float = 0.3
     enc_drop: float = 0.25  # share of examples with no encodings at all (lifting from 2D alone)
     use_encodings: bool = True  # False: a 2D -> 3D lifter (Stage2Config.use_encodings)
+    # Share of examples that are real people: their annotated 2D (LSPET / COCO, face points from
+    # the teacher) with the teacher's 3D, instead of the 3D's own projection in a synthetic camera.
+    pair_frac: float = 0.0
     seed: int = 0
 
 
+@dataclass
+class RealPairs:
+    """Annotated people with teacher 3D: kp2d (N, 19, 3) pixels and label state (0 = none),
+    kp3d_mm (N, 21, 3) root-relative, camera axes."""
+
+    kp2d: np.ndarray
+    kp3d_mm: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kp2d)
+
+    def sample(self, rng: np.random.Generator, n: int, map_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """n of them, mirrored at random, 2D moved into map cells at the heights (10..60 cells)
+        synthetic people have: (kp2d n x 19 x 3 with state 0/1, kp3d n x 21 x 3 mm)."""
+        idx = rng.integers(len(self), size=n)
+        kp, k3 = self.kp2d[idx].copy(), self.kp3d_mm[idx].copy()
+        flip = rng.uniform(size=n) < 0.5
+        kp[flip] = kp[flip][:, list(skeleton.FLIP_2D)]
+        kp[flip, :, 0] *= -1
+        k3[flip] = k3[flip][:, list(skeleton.FLIP_3D)]
+        k3[flip, :, 0] *= -1
+        lab = kp[..., 2] > 0
+        xy = np.where(lab[..., None], kp[..., :2], np.nan)
+        with np.errstate(invalid="ignore"):
+            lo, hi = np.nanmin(xy, 1), np.nanmax(xy, 1)
+        height = np.maximum(np.nan_to_num(hi - lo).max(1), 1.0)
+        scale = rng.uniform(10, 60, n) / height
+        w, h = map_size
+        xy = (xy - np.nan_to_num(lo)[:, None]) * scale[:, None, None] + np.array([0.1 * w, 0.1 * h])
+        kp[..., :2] = np.nan_to_num(xy)
+        kp[..., 2] = lab
+        return kp, k3
+
+
+def load_real_pairs(data_root: str, teacher_cache: str) -> RealPairs | None:
+    """The training sets' people that have teacher 3D (see `RealPairs`); coco_dev is never read."""
+    from .data import TRAIN_SOURCES, attach_teacher, load_teacher_cache, read_coco, read_lspet
+
+    kp2d, kp3d = [], []
+    for name in TRAIN_SOURCES:
+        folder = Path(data_root) / name
+        teacher = load_teacher_cache(teacher_cache, name)
+        if not folder.is_dir() or teacher is None:
+            continue
+        recs = read_lspet(folder) if name == "lspet" else read_coco(folder, source=name)
+        attach_teacher(recs, teacher)
+        for r in recs:
+            for i in range(len(r.keys)):
+                if r.conf_3d[i] > 0 and np.isfinite(r.kp3d_mm[i]).all():
+                    kp2d.append(r.kp2d[i])
+                    kp3d.append(r.kp3d_mm[i])
+    if not kp2d:
+        return None
+    return RealPairs(np.stack(kp2d).astype(np.float64), np.stack(kp3d).astype(np.float64))
+
+
 def make_batch(rng: np.random.Generator, n: int, cfg: Stage2TrainConfig,
-               real_poses_mm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+               real_poses_mm: np.ndarray | None = None,
+               pairs: RealPairs | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """n examples: (feats n x 19 x 66, readout n x 21 x 3 m, valid n x 21, target n x 21 x 3 m).
 
     The Stage I encodings are built directly at the joints, as `render_targets` writes them
@@ -73,9 +133,12 @@ def make_batch(rng: np.random.Generator, n: int, cfg: Stage2TrainConfig,
     depth = rng.uniform(2500, 12000, n)
     centres = np.stack([rng.uniform(0.2 * w, 0.8 * w, n), rng.uniform(0.4 * h, 0.6 * h, n)], 1)
     scene = place_people(people, centres, depth, intr, (w, h))
-    kp3d_m = people["kp3d_rel_mm"] / 1000.0
     kp = scene.kp2d.copy()
     kp[use, 14:, 2] = 0.0  # a real pose's face does not match the synthetic head
+    if pairs is not None and len(pairs) and cfg.pair_frac > 0:
+        real = np.nonzero(rng.uniform(size=n) < cfg.pair_frac)[0]
+        kp[real], people["kp3d_rel_mm"][real] = pairs.sample(rng, len(real), cfg.map_size)
+    kp3d_m = people["kp3d_rel_mm"] / 1000.0
     kp[..., :2] = to_map(kp[..., :2]) + rng.normal(0, cfg.jitter_cells, kp[..., :2].shape)
     keep = kp[..., 2] > 0
     keep &= rng.uniform(size=keep.shape) > cfg.joint_drop
@@ -148,11 +211,14 @@ def train_stage2(cfg: Stage2TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     real = load_teacher_poses(cfg.teacher_cache)
     _logger.info("stage2: %s real teacher poses", 0 if real is None else len(real))
-    val = make_batch(np.random.default_rng(12345), 1024, cfg, real)
+    pairs = load_real_pairs(cfg.data_root, cfg.teacher_cache) if cfg.pair_frac > 0 else None
+    if cfg.pair_frac > 0:
+        _logger.info("stage2: %d annotated people with teacher 3D", 0 if pairs is None else len(pairs))
+    val = make_batch(np.random.default_rng(12345), 1024, cfg, real, pairs)
     history = []
     t0 = time.time()
     for step in range(1, cfg.steps + 1):
-        f, r, v, y = (torch.from_numpy(a) for a in make_batch(rng, cfg.batch_size, cfg, real))
+        f, r, v, y = (torch.from_numpy(a) for a in make_batch(rng, cfg.batch_size, cfg, real, pairs))
         net.train()
         pred = net(f, r, v)
         loss = (pred - y).norm(dim=-1).mean()
