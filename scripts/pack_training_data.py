@@ -23,7 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xnect_app.train.data import attach_teacher, list_images, load_teacher_cache, read_lspet  # noqa: E402
+from xnect_app.train.data import list_images, read_training_source  # noqa: E402
 
 
 def encode(src: Path, dst: Path, quality: int, max_side: int | None = None) -> int:
@@ -66,10 +66,7 @@ def pack_backgrounds(src: Path, out: Path, quality: int, max_side: int, limit: i
 def pack_lspet(src: Path, out: Path, quality: int, budget: int, teacher_cache: str, seed: int,
                limit: int | None = None) -> tuple[int, int]:
     ann = json.loads((src / "annotations.json").read_text())
-    recs = read_lspet(src)
-    teacher = load_teacher_cache(teacher_cache, "lspet")
-    if teacher is not None:
-        attach_teacher(recs, teacher)
+    recs = read_training_source(src, "lspet", teacher_cache)
     taught = np.array([float(r.conf_3d[0]) > 0 for r in recs])
     order = np.random.default_rng(seed).permutation(len(recs))
     order = np.concatenate([order[taught[order]], order[~taught[order]]])[:limit]

@@ -442,6 +442,18 @@ def load_teacher_cache(teacher_cache: str | os.PathLike | None, name: str):
     return TeacherLabels.load(path)
 
 
+def read_training_source(folder: str | os.PathLike, name: str,
+                         teacher_cache: str | os.PathLike | None = "data_cache") -> list[ImageRecord]:
+    """Records of one training set (`name` "lspet" or a COCO folder's name) with its cached teacher
+    labels merged in (`attach_teacher`)."""
+    recs = read_lspet(folder) if name == "lspet" else read_coco(folder, source=name)
+    teacher = load_teacher_cache(teacher_cache, name)
+    if teacher is not None:
+        stats = attach_teacher(recs, teacher)
+        LOG.info("%s: teacher labels for %d of %d people", name, stats["with_3d"], stats["people"])
+    return recs
+
+
 def build_training_dataset(data_root: str | os.PathLike = "../shared/data", size: tuple[int, int] = (256, 256),
                            composite_prob: float = 0.5, teacher_cache: str | os.PathLike | None = "data_cache",
                            seed: int = 0, coco_repeat: int = 10, negative_prob: float = 0.03,
@@ -457,11 +469,7 @@ def build_training_dataset(data_root: str | os.PathLike = "../shared/data", size
         if not folder.is_dir():
             LOG.warning("training set %s not found, skipped", folder)
             continue
-        recs = read_lspet(folder) if name == "lspet" else read_coco(folder, source=name)
-        teacher = load_teacher_cache(teacher_cache, name)
-        if teacher is not None:
-            stats = attach_teacher(recs, teacher)
-            LOG.info("%s: teacher labels for %d of %d people", name, stats["with_3d"], stats["people"])
+        recs = read_training_source(folder, name, teacher_cache)
         real.extend(recs * (coco_repeat if name.startswith("coco") else 1))
     if not real:
         raise FileNotFoundError(f"no training data under {root} (expected {', '.join(TRAIN_SOURCES)})")

@@ -94,17 +94,14 @@ class RealPairs:
 
 def load_real_pairs(data_root: str, teacher_cache: str) -> RealPairs | None:
     """The training sets' people that have teacher 3D (see `RealPairs`); coco_dev is never read."""
-    from .data import TRAIN_SOURCES, attach_teacher, load_teacher_cache, read_coco, read_lspet
+    from .data import TRAIN_SOURCES, read_training_source
 
     kp2d, kp3d = [], []
     for name in TRAIN_SOURCES:
         folder = Path(data_root) / name
-        teacher = load_teacher_cache(teacher_cache, name)
-        if not folder.is_dir() or teacher is None:
+        if not folder.is_dir():
             continue
-        recs = read_lspet(folder) if name == "lspet" else read_coco(folder, source=name)
-        attach_teacher(recs, teacher)
-        for r in recs:
+        for r in read_training_source(folder, name, teacher_cache):
             for i in range(len(r.keys)):
                 if r.conf_3d[i] > 0 and np.isfinite(r.kp3d_mm[i]).all():
                     kp2d.append(r.kp2d[i])
