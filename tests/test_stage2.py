@@ -85,5 +85,16 @@ def test_real_pairs_keep_2d_and_3d_facing_the_same_way_when_mirrored():
     wide = (kp[:, rs2, 2] > 0) & (kp[:, ls2, 2] > 0) & (np.abs(d2) > 2.0)  # 2+ cells apart
     assert wide.sum() > 1000
     assert np.mean(np.sign(d2[wide]) == np.sign(d3[wide])) > 0.95
-    heights = kp[..., 1].max(1) - np.where(kp[..., 2] > 0, kp[..., 1], np.inf).min(1)
-    assert 9 < np.median(heights) < 61  # people as tall as the synthetic ones, in map cells
+    # as large as the synthetic people make_batch puts in the same image (both in its pixels)
+    from xnect_app.pose.synthetic import place_people, random_people
+    from xnect_app.types import Intrinsics
+
+    rng, n, (w, h) = np.random.default_rng(1), 2000, (256, 160)
+    scene = place_people(random_people(rng, n), np.stack([rng.uniform(0.2 * w, 0.8 * w, n), np.full(n, h / 2)], 1),
+                         rng.uniform(2500, 12000, n), Intrinsics.from_fov(w, h, 60.0), (w, h))
+
+    def median_extent(k):
+        xy = np.where(k[..., 2:3] > 0, k[..., :2], np.nan)
+        return np.median(np.nanmax(np.nanmax(xy, 1) - np.nanmin(xy, 1), 1))
+
+    assert 0.8 < median_extent(kp) / median_extent(scene.kp2d) < 1.25

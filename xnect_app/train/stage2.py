@@ -70,8 +70,9 @@ class RealPairs:
         return len(self.kp2d)
 
     def sample(self, rng: np.random.Generator, n: int, map_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """n of them, mirrored at random, 2D moved into map cells at the heights (10..60 cells)
-        synthetic people have: (kp2d n x 19 x 3 with state 0/1, kp3d n x 21 x 3 mm)."""
+        """n of them, mirrored at random, 2D scaled into pixels of a `map_size` image to the sizes
+        synthetic people have there (the larger side of the joints' box 25..100 px, log-uniform; `make_batch`
+        turns both into map cells): (kp2d n x 19 x 3 with state 0/1, kp3d n x 21 x 3 mm)."""
         idx = rng.integers(len(self), size=n)
         kp, k3 = self.kp2d[idx].copy(), self.kp3d_mm[idx].copy()
         flip = rng.uniform(size=n) < 0.5
@@ -83,8 +84,8 @@ class RealPairs:
         xy = np.where(lab[..., None], kp[..., :2], np.nan)
         with np.errstate(invalid="ignore"):
             lo, hi = np.nanmin(xy, 1), np.nanmax(xy, 1)
-        height = np.maximum(np.nan_to_num(hi - lo).max(1), 1.0)
-        scale = rng.uniform(10, 60, n) / height
+        extent = np.maximum(np.nan_to_num(hi - lo).max(1), 1.0)
+        scale = np.exp(rng.uniform(np.log(25), np.log(100), n)) / extent
         w, h = map_size
         xy = (xy - np.nan_to_num(lo)[:, None]) * scale[:, None, None] + np.array([0.1 * w, 0.1 * h])
         kp[..., :2] = np.nan_to_num(xy)
