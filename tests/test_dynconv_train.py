@@ -163,6 +163,12 @@ def test_frozen_mask_training_moves_only_the_mask_unit(tmp_path, dense_weights):
     assert doc["stage1_config"]["dynconv"] and doc["meta"]["mask_unit"]["frozen_network"]
     assert doc["meta"]["stage1_step"] == 7 and doc["meta"]["mask_unit"]["steps"] == 3
     assert all(torch.equal(v, doc["stage1"][k]) for k, v in dense.items())
+    # the same from the weights file itself (what a lent GPU sends back), keeping its step
+    export_weights(str(dense_weights), None, str(tmp_path / "from_file.pt"), half=False,
+                   mask_unit_ckpt=str(tmp_path / "last.pt"))
+    again = torch.load(tmp_path / "from_file.pt", weights_only=True)
+    assert again["meta"]["stage1_step"] == 7 and again["stage1_config"] == doc["stage1_config"]
+    assert all(torch.equal(v, again["stage1"][k]) for k, v in doc["stage1"].items())
     # a dense run initialised from these weights leaves the mask unit out instead of failing
     cfg = _config(tmp_path / "dense_again", merged, steps=8)
     cfg.dynconv = False

@@ -57,27 +57,40 @@ def _read_stage2(path: str) -> tuple[dict, dict, int]:
     return s2, ck.get("stage2_config", s2_cfg), int(ck.get("step", 0))
 
 
+def _read_stage1(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
+    """(weights, config, meta) of Stage I from a `stage1` training checkpoint or from a weights file
+    (e.g. the one a lent GPU sends back, to add a mask unit fitted to it); a weights file keeps its
+    own step and history, and loses its old mask unit."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    today = datetime.date.today().isoformat()
+    if ck.get("format") == WEIGHTS_FORMAT:
+        old = ck.get("meta", {})
+        s1 = {k: v.float() if v.is_floating_point() else v for k, v in ck["stage1"].items()
+              if not k.startswith("mask_unit.")}
+        cfg = {**ck["stage1_config"], "dynconv": False}
+        meta = {k: old[k] for k in ("stage1_step", "dynconv_start", "stage1_weights", "history", "config") if k in old}
+        return s1, cfg, {**meta, "exported": today}
+    s1, s1_cfg = _checkpoint_weights(ck, averaged)
+    return s1, s1_cfg, {"stage1_step": int(ck.get("step", 0)), "dynconv_start": int(ck.get("dynconv_start", 0)),
+                        "exported": today,
+                        "stage1_weights": "moving average" if averaged and ck.get("ema") is not None else "raw",
+                        "history": ck.get("history", []), "config": ck.get("config", {})}
+
+
 def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True,
                    mask_unit_ckpt: str | None = None, averaged: bool = True) -> None:
     """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
     `mask_unit_ckpt`) and Stage II; float16 storage unless half=False. Stage I is the moving
     average of its weights when the checkpoint keeps one, unless averaged=False."""
-    s1, s1_cfg, ck1 = read_checkpoint(stage1_ckpt, averaged)
-    mask_info = None
+    s1, s1_cfg, meta = _read_stage1(stage1_ckpt, averaged)
     if mask_unit_ckpt:
-        s1, s1_cfg, mask_info = _with_mask_unit(s1, s1_cfg, mask_unit_ckpt)
+        s1, s1_cfg, meta["mask_unit"] = _with_mask_unit(s1, s1_cfg, mask_unit_ckpt)
     doc = {
         "format": WEIGHTS_FORMAT,
         "stage1_config": s1_cfg,
         "stage1": {k: (v.half() if half and v.is_floating_point() else v) for k, v in s1.items()},
-        "meta": {"stage1_step": int(ck1.get("step", 0)), "dynconv_start": int(ck1.get("dynconv_start", 0)),
-                 "exported": datetime.date.today().isoformat(),
-                 "stage1_weights": "moving average" if averaged and ck1.get("ema") is not None else "raw",
-                 "history": ck1.get("history", []),
-                 "config": ck1.get("config", {})},
+        "meta": meta,
     }
-    if mask_info is not None:
-        doc["meta"]["mask_unit"] = mask_info
     if stage2_ckpt:
         s2, s2_cfg, s2_step = _read_stage2(stage2_ckpt)
         doc["stage2_config"] = s2_cfg

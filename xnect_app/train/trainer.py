@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -178,6 +179,8 @@ class Trainer:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed + self.rank)
         self.device = torch.device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # one input size throughout: pick the fastest kernels once
         self.net = Stage1Net(Stage1Config(backbone=cfg.backbone, dynconv=cfg.dynconv,
                                           dynconv_budget=cfg.dynconv_budget)).to(self.device)
         if cfg.channels_last:
@@ -486,6 +489,7 @@ class Trainer:
 
 
 def _seed_worker(worker_id: int) -> None:
+    cv2.setNumThreads(1)  # one thread per data worker: many workers would otherwise oversubscribe the cores
     seed = (torch.initial_seed() + worker_id) % 2**32
     np.random.seed(seed)
     import random
