@@ -215,9 +215,9 @@ class PoseEstimator:
         """dynconv: False (dense), True / "learned" (the weights' mask unit), "motion" (a causal
         motion mask on a static camera; see motion_mask.py) or "auto": motion masks for a video
         stream (tracking on), the mask unit for independent images or when a budget is given.
-        On vtest.avi motion masks (margin 3) run Stage I 2.3-2.7x faster at OKS 0.89-0.94 against the
+        On vtest.avi motion masks (margin 3) run Stage I 2.3-2.7x faster at OKS 0.88-0.94 against the
         dense result on the people both find (the cells around the computed ones hold the
-        background's values); the mask unit, whose skipped cells hold zeros, 1.7x at 0.83. On
+        background's values); the mask unit, whose skipped cells hold zeros, 1.5x at 0.81. On
         single images only the mask unit works."""
         mode = self.dynconv
         if mode == "auto":

@@ -27,8 +27,8 @@ FIRST_MASKED_BLOCK = 0
 
 
 # Cells computed around the motion. On vtest.avi (README's table, `xnect-bench dynconv --margin
-# 2,3,4,5`) 3 runs Stage I 2.3-2.7x faster and agrees with the dense pass at OKS 0.89-0.94 on the
-# people both find (0.87-0.90 per frame, near the dense model's own 0.88 against a JPEG re-encode
+# 2,3,4,5`) 3 runs Stage I 2.3-2.7x faster and agrees with the dense pass at OKS 0.88-0.94 on the
+# people both find (0.83-0.90 per frame, near the dense model's own 0.88 against a JPEG re-encode
 # of the frame); 4: 1.9-2.2x, 0.94 (0.90).
 DEFAULT_MARGIN = 3
 
