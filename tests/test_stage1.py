@@ -126,6 +126,8 @@ def test_the_heatmap_weight_scales_the_heatmap_term_and_the_logged_parts_stay_un
     _, base = stage1_loss(out, targets)
     total, parts = stage1_loss(out, targets, dataclasses.replace(LossWeights(), heatmap=3.0))
     assert parts["heatmap"] == base["heatmap"] and parts["paf"] == base["paf"]
+    _, lazy = stage1_loss(out, targets, as_float=False)  # what the trainer logs, without a sync per step
+    assert all(isinstance(v, torch.Tensor) and float(v) == pytest.approx(base[k]) for k, v in lazy.items())
     assert total.item() == pytest.approx(base["total"] + 2.0 * base["heatmap"], rel=1e-5)
 
 

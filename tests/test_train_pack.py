@@ -50,5 +50,7 @@ def test_training_runs_on_the_pack_with_bfloat16_autocast(pack, tmp_path):
         torch.set_num_threads(threads)
     ck = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
     assert ck["step"] == 2
-    assert np.isfinite(ck["history"][-1]["total"])
+    last = ck["history"][-1]
+    assert all(type(last[k]) is float and np.isfinite(last[k]) for k in ("total", "heatmap", "paf", "enc3d"))
+    assert 0 <= last["data_wait_s"] <= last["seconds"], "the log says how long the steps waited for data"
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())

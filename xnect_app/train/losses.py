@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -22,9 +23,10 @@ class LossWeights:
 
 
 def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
-                w: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, float]]:
+                w: LossWeights = LossWeights(), as_float: bool = True) -> tuple[torch.Tensor, dict[str, Any]]:
     """targets: heatmaps, pafs, enc3d, enc3d_weight (N x C x h x w), hm_mask (N x 19 x h x w),
-    paf_mask (N x 36 x h x w), all float. Returns the total and its parts."""
+    paf_mask (N x 36 x h x w), all float. Returns the total and its parts: floats, or with
+    as_float=False detached tensors, so a GPU step does not wait for its forward pass to finish."""
     n = out.heatmaps.shape[0]
     hm_t = targets["heatmaps"]
     hm_w = targets["hm_mask"] * (1.0 + w.heatmap_positive_boost * hm_t)
@@ -36,8 +38,10 @@ def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
     ew = targets["enc3d_weight"]
     l_enc = (ew * (out.enc3d - targets["enc3d"]) ** 2).sum() / ew.sum().clamp(min=1.0)
     total = w.heatmap * l_hm + w.paf * l_paf + w.enc3d * l_enc
-    parts = {"heatmap": l_hm.item(), "paf": l_paf.item(), "enc3d": l_enc.item(), "total": total.item()}
-    return total, parts
+    parts = {"heatmap": l_hm, "paf": l_paf, "enc3d": l_enc, "total": total}
+    if as_float:
+        return total, {k: float(v) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 def _spatial(t: torch.Tensor) -> float:

@@ -337,9 +337,12 @@ class Trainer:
         self._train_mode()
         while not self._stop:
             t_epoch = time.time()
-            sums: dict[str, float] = {}
+            sums: dict[str, Any] = {}  # floats, or tensors on the device (no sync per step)
             n = 0
+            data_wait = 0.0  # seconds the step loop waited for the data workers
+            t_ready = time.time()
             for imgs, targets in loader:
+                data_wait += time.time() - t_ready
                 for g in self.opt.param_groups:
                     g["lr"] = self.lr_at(self.step)
                     if g.get("name") == "mask_unit":
@@ -357,7 +360,7 @@ class Trainer:
                         out = self.model(imgs)
                     if cfg.amp:
                         out = type(out)(*(t.float() for t in out))
-                    loss, parts = stage1_loss(out, targets, weights)
+                    loss, parts = stage1_loss(out, targets, weights, as_float=False)
                 if cfg.dynconv and not cfg.dynconv_freeze:
                     sp = dynconv.sparsity_loss(self.net.dynconv_costs, cfg.dynconv_budget, self._dynconv_epoch(),
                                                cfg.dynconv_epochs, weight=cfg.dynconv_weight)
@@ -373,6 +376,8 @@ class Trainer:
                 n += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
+                if self.step % 10 == 0:
+                    parts = {k: float(v) for k, v in parts.items()}
                 if self.step % 10 == 0 and self.rank == 0 and "mask_bce" in parts:
                     rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
                     _logger.info("step %d  mask unit BCE %.4f  active %.3f  person cells active %.3f  "
@@ -382,13 +387,15 @@ class Trainer:
                     rate = n * cfg.batch_size * self.world / (time.time() - t_epoch)
                     extra = (f"  cost share {parts['active']:.3f} (budget {cfg.dynconv_budget})"
                              if cfg.dynconv else "")
-                    _logger.info("step %d  loss %.4f (hm %.4f paf %.4f 3d %.4f)  %.2f img/s  lr %.2e%s",
-                                 self.step, parts["total"], parts["heatmap"], parts["paf"], parts["enc3d"],
-                                 rate, self.lr_at(self.step), extra)
+                    wait = 100.0 * data_wait / max(time.time() - t_epoch, 1e-9)
+                    _logger.info("step %d  loss %.4f (hm %.4f paf %.4f 3d %.4f)  %.2f img/s (%.0f%% waiting "
+                                 "for data)  lr %.2e%s", self.step, parts["total"], parts["heatmap"], parts["paf"],
+                                 parts["enc3d"], rate, wait, self.lr_at(self.step), extra)
                 if time.time() - last_save > cfg.save_every_min * 60:
                     self.save()
                     last_save = time.time()
                 hours = (time.time() - start) / 3600
+                t_ready = time.time()
                 if cfg.lr_decay_after_hours is not None and hours >= cfg.lr_decay_after_hours \
                         and not self.timed_decay_at:
                     self.timed_decay_at.append(self.step)
@@ -400,7 +407,8 @@ class Trainer:
             if n == 0:
                 break
             record = {"step": self.step, "time": time.time(), "images": n * cfg.batch_size * self.world,
-                      "seconds": time.time() - t_epoch, **{k: v / n for k, v in sums.items()}}
+                      "seconds": time.time() - t_epoch, "data_wait_s": round(data_wait, 2),
+                      **{k: float(v) / n for k, v in sums.items()}}
             if self.rank == 0 and cfg.dev_set and n == cfg.epoch_steps:
                 record.update(self.evaluate())
             self.history.append(record)
