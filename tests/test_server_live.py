@@ -76,7 +76,8 @@ def test_binds_loopback_by_default(server):
 def test_real_frames_get_poses(server, frames):
     with connect(f"{server.ws_base}/ws/capture", open_timeout=30) as ws:
         meta = recv_json(ws)
-        assert meta["type"] == "meta" and "random init" in meta["model"]
+        assert meta["type"] == "meta" and "random init" in meta["model"]  # LiveServer: --input-size 256x160
+        assert meta["inference"]["input_wh"] == [256, 160] and meta["inference"]["dynconv"] is False
         for i, frame in enumerate(frames[:3]):
             ws.send(schemas.pack_frame(100 + i, 1000.0 * i, frame))
             msg = recv_json(ws)
@@ -103,7 +104,8 @@ def test_motion_masks_follow_each_client():
             connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws_b:
         clients = {"a": ws_a, "b": ws_b}
         for ws in clients.values():
-            assert recv_json(ws)["type"] == "meta"
+            meta = recv_json(ws)
+            assert meta["type"] == "meta" and meta["inference"]["dynconv"] == "motion", "clients see how it runs"
         for i in range(30):
             for name, ws in clients.items():
                 ws.send(schemas.pack_frame(i, 0, clips[name][i]))

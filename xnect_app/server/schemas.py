@@ -95,6 +95,7 @@ class MetaMsg(Message):
     fps: float | None = None
     source: str | None = None
     model: str
+    inference: dict[str, Any] | None = None  # PoseEstimator.settings(): input size, flip, scales, dynconv...
     track_colors_rgb: list[list[int]]   # colour of track id i is entry i % len
     limits: Limits
 

@@ -128,7 +128,8 @@ class Session:
              source: str | None = None) -> schemas.MetaMsg:
         cfg = self.state.config
         intr = self.state.intrinsics_for(*image_wh) if image_wh else None
-        record = types.meta_record(self.state.model_name, None, None, fps=fps, source=source)
+        record = types.meta_record(self.state.model_name, None, None, fps=fps, source=source,
+                                   inference=self.state.inference)
         record.update(type="meta", intrinsics=intr, image_wh=image_wh)
         return schemas.MetaMsg(
             mode=self.mode, client_id=self.id,

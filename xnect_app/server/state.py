@@ -70,6 +70,11 @@ class ServerState:
     def model_name(self) -> str:
         return str(getattr(self.estimator, "model_name", type(self.estimator).__name__))
 
+    @property
+    def inference(self) -> dict[str, Any] | None:
+        fn = getattr(self.estimator, "settings", None)
+        return fn() if callable(fn) else None
+
     def new_client_id(self, mode: str) -> str:
         return f"{mode[0]}{next(self._ids)}"
 
