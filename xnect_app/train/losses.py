@@ -40,7 +40,7 @@ def stage1_loss(out: Stage1Output, targets: dict[str, torch.Tensor],
     total = w.heatmap * l_hm + w.paf * l_paf + w.enc3d * l_enc
     parts = {"heatmap": l_hm, "paf": l_paf, "enc3d": l_enc, "total": total}
     if as_float:
-        return total, {k: float(v) for k, v in parts.items()}
+        return total, {k: float(v.detach()) for k, v in parts.items()}
     return total, {k: v.detach() for k, v in parts.items()}
 
 
