@@ -303,3 +303,26 @@ def test_coco_dev_never_in_training():
     dev = data.read_coco(DATA / "coco_dev")
     with pytest.raises(ValueError, match="evaluation"):
         data.TrainingDataset(dev, [])
+
+
+@needs_data
+def test_negative_prob_makes_person_free_training_items(tmp_path):
+    """`xnect-train stage1 --negative-prob P`: a share P of the items are backgrounds without people
+    (against skeletons on objects); the trainer hands the setting to the dataset."""
+    from xnect_app.train.trainer import TrainConfig, Trainer
+    trainer = Trainer(TrainConfig(out_dir=str(tmp_path / "run"), backbone="selecsls42b", size=(128, 128),
+                                  data_root=str(DATA), teacher_cache="", dev_set=None, workers=0,
+                                  composite_prob=0.0, negative_prob=1.0, ema_decay=0))
+    ds = trainer._loader().dataset
+    assert ds.negative_prob == 1.0
+    assert all(ds[i * 37].num_people == 0 for i in range(6))
+
+
+def test_the_cli_refuses_more_negatives_and_composites_than_items(tmp_path):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "xnect_app.cli.train", "stage1", "--out", str(tmp_path / "r"),
+                        "--data-root", str(tmp_path), "--composite-prob", "0.5", "--negative-prob", "0.6"],
+                       capture_output=True, text=True, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "--negative-prob 0.6" in lines[0], r.stderr

@@ -37,7 +37,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last, ema_decay=a.ema,
-                      coco_repeat=a.coco_repeat, composite_prob=a.composite_prob, amp=a.amp,
+                      coco_repeat=a.coco_repeat, composite_prob=a.composite_prob, negative_prob=a.negative_prob, amp=a.amp,
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -50,6 +50,9 @@ def _stage1(a: argparse.Namespace) -> None:
         fail("xnect-train", f"--coco-repeat {a.coco_repeat}: give 1 or more", code=2)
     if not 0.0 <= a.composite_prob <= 1.0:
         fail("xnect-train", f"--composite-prob {a.composite_prob}: give a probability in [0, 1]", code=2)
+    if not 0.0 <= a.negative_prob <= 1.0 or a.composite_prob + a.negative_prob > 1.0:
+        fail("xnect-train", f"--negative-prob {a.negative_prob}: give a probability in [0, 1] that, with "
+                            f"--composite-prob {a.composite_prob}, sums to 1 at most", code=2)
     if not 0.0 <= a.ema < 1.0:
         fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=2)
     if not 0.0 < a.dynconv_budget <= 1.0:
@@ -117,6 +120,9 @@ def main(argv: list[str] | None = None) -> None:
                          "10,000 count once; default %(default)s)")
     s1.add_argument("--composite-prob", type=float, default=0.5,
                     help="share of training items made as multi-person composites (default %(default)s)")
+    s1.add_argument("--negative-prob", type=float, default=0.03,
+                    help="share of training items that are a person-free background, against false "
+                         "detections on objects (default %(default)s)")
     s1.add_argument("--heatmap-weight", type=float, default=LossWeights.heatmap,
                     help="weight of the heatmap loss against the PAF loss (default %(default)s; the PAF "
                          "term is about 4x the heatmap term at weight 1)")

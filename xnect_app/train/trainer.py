@@ -50,6 +50,7 @@ class TrainConfig:
     dev_set: str | None = "../shared/data/coco_dev"
     teacher_cache: str = "data_cache"
     composite_prob: float = 0.5
+    negative_prob: float = 0.03  # share of items that are a person-free background
     coco_repeat: int = 10  # COCO images appear this many times among the real images (LSPET once)
     workers: int = 1
     threads: int | None = None
@@ -298,6 +299,7 @@ class Trainer:
 
         ds = build_training_dataset(data_root=self.cfg.data_root, size=tuple(self.cfg.size),
                                     composite_prob=self.cfg.composite_prob, coco_repeat=self.cfg.coco_repeat,
+                                    negative_prob=self.cfg.negative_prob,
                                     teacher_cache=self.cfg.teacher_cache,
                                     seed=self.cfg.seed + 1000 * self.rank + self.step)
         sampler = torch.utils.data.RandomSampler(ds, replacement=True,
