@@ -14,12 +14,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from xnect_app.bench.fastpath import read_frames  # noqa: E402
+from xnect_app.cli.model_args import UserError  # noqa: E402
 from xnect_app.estimator import PoseEstimator  # noqa: E402
 
 # object -> image position (x, y) in vtest.avi's 768x576 frames
@@ -32,27 +33,20 @@ def main() -> None:
     ap.add_argument("--video", default=str(REPO / "demo_videos" / "vtest.avi"))
     ap.add_argument("--every", type=int, default=10, help="run every this many frames")
     a = ap.parse_args()
-    cap = cv2.VideoCapture(a.video)
-    if not cap.isOpened():
-        sys.exit(f"vtest_objects: cannot open {a.video!r} (bash demo_videos/fetch_vtest.sh fetches it)")
+    try:
+        frames = read_frames(Path(a.video), n=sys.maxsize, stride=a.every)
+    except UserError as e:
+        sys.exit(f"vtest_objects: {e} (bash demo_videos/fetch_vtest.sh fetches vtest.avi)")
     est = PoseEstimator(weights=a.weights, tracking=False, fit_skeleton=False)
     hits: dict[str, list[float]] = {k: [] for k in OBJECTS}
     people: list[int] = []
-    i = 0
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        if i % a.every == 0:
-            found = est(frame).people
-            people.append(len(found))
-            centres = [(np.nanmean(p.kp2d[:, 0]), np.nanmean(p.kp2d[:, 1]), p.score) for p in found]
-            for name, (x, y) in OBJECTS.items():
-                scores = [s for cx, cy, s in centres if np.hypot(cx - x, cy - y) < 35]
-                hits[name].append(max(scores, default=0.0))
-        i += 1
-    if not people:
-        sys.exit(f"vtest_objects: no frames read from {a.video!r}")
+    for frame in frames:
+        found = est(frame).people
+        people.append(len(found))
+        centres = [(np.nanmean(p.kp2d[:, 0]), np.nanmean(p.kp2d[:, 1]), p.score) for p in found]
+        for name, (x, y) in OBJECTS.items():
+            scores = [s for cx, cy, s in centres if np.hypot(cx - x, cy - y) < 35]
+            hits[name].append(max(scores, default=0.0))
     print(f"{est.model_name}: {len(people)} frames, {np.mean(people):.2f} detections per frame")
     for name, v in hits.items():
         v = np.array(v)
