@@ -19,7 +19,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from xnect_app.bench.fastpath import read_frames  # noqa: E402
+from xnect_app.bench.frames import read_frames  # noqa: E402
 from xnect_app.cli.model_args import UserError  # noqa: E402
 from xnect_app.estimator import PoseEstimator  # noqa: E402
 
@@ -34,7 +34,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10, help="run every this many frames")
     a = ap.parse_args()
     try:
-        frames = read_frames(Path(a.video), n=sys.maxsize, stride=a.every)
+        frames = read_frames(Path(a.video), sys.maxsize, stride=a.every)
     except UserError as e:
         sys.exit(f"vtest_objects: {e} (bash demo_videos/fetch_vtest.sh fetches vtest.avi)")
     est = PoseEstimator(weights=a.weights, tracking=False, fit_skeleton=False)

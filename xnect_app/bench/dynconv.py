@@ -51,6 +51,7 @@ from ..motion_mask import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurr
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 from ..train.evaluate import coco_oks
+from .frames import read_frames
 
 _logger = logging.getLogger(__name__)
 
@@ -95,24 +96,6 @@ class MotionMask:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if float(grown(mid).mean()) <= self.budget else (lo, mid)
         return grown(lo)
-
-
-def read_frames(video: str | Path, count: int, start: int = 0) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(video))
-    if not cap.isOpened():
-        raise UserError(f"{video}: cannot open the video")
-    try:
-        if start:
-            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
-        frames = []
-        while len(frames) < count:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            frames.append(frame)
-    finally:
-        cap.release()
-    return frames
 
 
 def median_background(video: str | Path, size: tuple[int, int], samples: int = 25) -> np.ndarray:

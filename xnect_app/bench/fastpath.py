@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
@@ -45,6 +44,7 @@ from ..estimator import PoseEstimator, default_weights_path, letterbox, load_wei
 from ..export import INT8_CALIBRATION_METHODS
 from ..nn.selecsls import prune
 from ..nn.stage1 import Stage1Config, Stage1Net
+from .frames import read_frames
 
 _logger = logging.getLogger(__name__)
 
@@ -164,23 +164,6 @@ def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Pat
 
 # --------------------------------------------------------------------------- measurement
 
-def read_frames(video: Path, n: int, stride: int = 5) -> list[np.ndarray]:
-    """n frames, every `stride`-th from the start of the video."""
-    cap = cv2.VideoCapture(str(video))
-    frames, i = [], 0
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        if i % stride == 0:
-            frames.append(f)
-        i += 1
-    cap.release()
-    if not frames:
-        raise UserError(f"{video}: no frames could be read")
-    return frames
-
-
 def _stage1_maps(est: PoseEstimator, frame: np.ndarray) -> list[np.ndarray]:
     """The maps a variant gives for one frame (for the agreement with fp32)."""
     x = letterbox(frame, est.input_size)[0].transpose(2, 0, 1)[None].astype(np.float32)
@@ -192,7 +175,7 @@ def _stage1_maps(est: PoseEstimator, frame: np.ndarray) -> list[np.ndarray]:
 
 def run_benchmark(stage1: Stage1Net, stage2, model_name: str, cfg: FastpathConfig) -> dict[str, Any]:
     torch.set_num_threads(cfg.threads)
-    frames = read_frames(cfg.video, cfg.frames)
+    frames = read_frames(cfg.video, cfg.frames, stride=5)
     load_before = _loadavg()
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="xnect-fastpath-") as tmp:

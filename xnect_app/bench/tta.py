@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli, scale_list
-from .dynconv import read_frames
+from .frames import read_frames
 from .pipeline import DEFAULT_VIDEO
 
 _log = logging.getLogger(__name__)

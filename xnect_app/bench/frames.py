@@ -1,0 +1,33 @@
+"""Decoding the frames a benchmark runs on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..cli.model_args import UserError
+
+
+def read_frames(video: str | Path, count: int, start: int = 0, stride: int = 1) -> list[np.ndarray]:
+    """Up to `count` frames, every `stride`-th from frame `start`; an error if none can be read."""
+    cap = cv2.VideoCapture(str(video))
+    if not cap.isOpened():
+        raise UserError(f"{video}: cannot open the video")
+    frames: list[np.ndarray] = []
+    try:
+        if start:
+            cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+        i = 0
+        while len(frames) < count:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if i % stride == 0:
+                frames.append(frame)
+            i += 1
+    finally:
+        cap.release()
+    if not frames and count > 0:
+        raise UserError(f"{video}: no frames could be read from frame {start}")
+    return frames
