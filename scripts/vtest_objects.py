@@ -40,14 +40,19 @@ def main() -> None:
     est = PoseEstimator(weights=a.weights, tracking=False, fit_skeleton=False)
     hits: dict[str, list[float]] = {k: [] for k in OBJECTS}
     people: list[int] = []
+    elsewhere: list[int] = []
     for frame in frames:
         found = est(frame).people
         people.append(len(found))
         centres = [(np.nanmean(p.kp2d[:, 0]), np.nanmean(p.kp2d[:, 1]), p.score) for p in found]
+        near = np.zeros(len(centres), bool)
         for name, (x, y) in OBJECTS.items():
-            scores = [s for cx, cy, s in centres if np.hypot(cx - x, cy - y) < 35]
-            hits[name].append(max(scores, default=0.0))
-    print(f"{est.model_name}: {len(people)} frames, {np.mean(people):.2f} detections per frame")
+            close = np.array([np.hypot(cx - x, cy - y) < 35 for cx, cy, _ in centres], bool)
+            near |= close
+            hits[name].append(max((c[2] for c, hit in zip(centres, close) if hit), default=0.0))
+        elsewhere.append(int((~near).sum()))
+    print(f"{est.model_name}: {len(people)} frames, {np.mean(people):.2f} detections per frame, "
+          f"{np.mean(elsewhere):.2f} away from the objects (mostly pedestrians)")
     for name, v in hits.items():
         v = np.array(v)
         on = v > 0
