@@ -11,7 +11,7 @@
 # a machine lost between calls loses at most one epoch. Settings come from the environment:
 # HOURS (training time, default 0.36), DECAY_HOURS (10x drop, default 0.29), BATCH (32),
 # LR (2e-4), WORKERS (14), SIZE (512x320), INIT (models/xnect_selecsls60.pt), DEVICE (cuda),
-# NEG (share of person-free items, 0.03),
+# NEG (share of person-free items, 0.2: what the bundled file was last trained with),
 # WAIT_S (seconds a call waits, default 560).
 set -uo pipefail
 cmd=${1:?usage: gpu_train.sh start|wait|finish}
@@ -50,7 +50,7 @@ start)
     setsid nohup "$py" -m xnect_app.cli.train stage1 --out "$run" --init "${INIT:-models/xnect_selecsls60.pt}" \
         --data-root gpu_pack --dev-set '' --device "${DEVICE:-cuda}" --amp --size "${SIZE:-512x320}" \
         --batch-size "${BATCH:-32}" --lr "${LR:-2e-4}" --workers "${WORKERS:-14}" --epoch-steps 2000 \
-        --negative-prob "${NEG:-0.03}" \
+        --negative-prob "${NEG:-0.2}" \
         --max-hours "${HOURS:-0.36}" --lr-decay-after-hours "${DECAY_HOURS:-0.29}" \
         > "$run/train.log" 2>&1 < /dev/null &
     echo $! > "$run/pid"
