@@ -225,3 +225,26 @@ def test_the_moving_average_of_the_weights_is_exported_and_survives_a_resume(tmp
     net, _ = _load_checkpoint(run / "last.pt")  # xnect-eval --checkpoint sees what export writes
     assert torch.allclose(net.b2d_out.weight, start + 1.25)
     assert Trainer(TrainConfig(out_dir=str(tmp_path / "off"), backbone="selecsls42b", ema_decay=0)).ema_net is None
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason="training data not found")
+def test_export_can_reestimate_the_batchnorm_statistics_on_training_crops(tmp_path):
+    """`xnect-train export --bn-crops N`: BN statistics from N real training crops, every other
+    weight as trained (for a GPU run's moving average, whose averaged statistics were off)."""
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b", size=(256, 160))).save()
+    export_weights(str(tmp_path / "a" / "last.pt"), None, str(tmp_path / "plain.pt"), half=False)
+    export_weights(str(tmp_path / "a" / "last.pt"), None, str(tmp_path / "bn.pt"), half=False,
+                   bn_crops=16, data_root=DATA)
+    plain, bn = (torch.load(tmp_path / f, weights_only=True) for f in ("plain.pt", "bn.pt"))
+    assert bn["meta"]["bn_recalibrated_crops"] == 16
+    stats = [k for k in plain["stage1"] if k.endswith(("running_mean", "running_var"))]
+    assert stats and all(not torch.equal(plain["stage1"][k], bn["stage1"][k]) for k in stats)
+    assert all(int(bn["stage1"][k]) == 2 for k in bn["stage1"] if k.endswith("num_batches_tracked"))
+    others = [k for k in plain["stage1"] if "running_" not in k and "num_batches" not in k]
+    assert all(torch.equal(plain["stage1"][k], bn["stage1"][k]) for k in others)
