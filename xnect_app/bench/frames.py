@@ -29,5 +29,5 @@ def read_frames(video: str | Path, count: int, start: int = 0, stride: int = 1) 
     finally:
         cap.release()
     if not frames and count > 0:
-        raise UserError(f"{video}: no frames could be read from frame {start}")
+        raise UserError(f"{video}: no frames could be read from frame {start} on")
     return frames

@@ -98,8 +98,6 @@ def run(args: argparse.Namespace) -> int:
                    type(base).from_networks(base.stage1, base.stage2, **kw, **extra))
                   for name, extra in settings(tuple(args.bench_scales))]
     frames = read_frames(args.video, args.frames, args.start)
-    if not frames:
-        raise UserError(f"{args.video}: no frames could be read from frame {args.start} on")
     _log.info("timing %d settings on %d frames", len(estimators), len(frames))
     rows = run_tta_bench(frames, estimators)
     print(format_report(rows, base.input_size, len(frames), torch.get_num_threads()))
