@@ -87,6 +87,7 @@ def recalibrate_bn(s1: dict, s1_cfg: dict, crops: int, data_root: str | os.PathL
 
     from ..nn.stage1 import Stage1Config, Stage1Net
     from .data import build_training_dataset
+    from .trainer import image_tensor
 
     net = Stage1Net(Stage1Config.from_dict({**s1_cfg, "dynconv": False}))
     net.load_state_dict({k: v for k, v in s1.items() if not k.startswith("mask_unit.")})
@@ -99,9 +100,7 @@ def recalibrate_bn(s1: dict, s1_cfg: dict, crops: int, data_root: str | os.PathL
     net.train()
     with torch.no_grad():
         for i in range(0, len(picks), 8):
-            imgs = [torch.from_numpy(np.ascontiguousarray(ds[int(j)].image.transpose(2, 0, 1))).float()
-                    for j in picks[i:i + 8]]
-            net(torch.stack(imgs))
+            net(torch.stack([image_tensor(ds[int(j)].image) for j in picks[i:i + 8]]))
     new = net.state_dict()
     return {k: new[k] if k in new else v for k, v in s1.items()}
 

@@ -88,6 +88,11 @@ class TrainConfig:
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
+def image_tensor(img: np.ndarray) -> torch.Tensor:
+    """A BGR H x W x 3 training image as the 3 x H x W float tensor (0..255) Stage I takes."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float()
+
+
 def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Images (BGR float 0..255) and rendered, masked targets for a list of training samples."""
     from ..pose.targets import render_targets
@@ -100,7 +105,7 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
         kp3d = _get(s, "kp3d_mm")
         t = render_targets(_get(s, "kp2d"), kp3d, in_size=(w, h), stride=stride)
         hm_mask, paf_mask = target_masks(_get(s, "labelled_2d"), _get(s, "ignore_mask"), t["heatmaps"].shape[1:], stride)
-        imgs.append(torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1))).float())
+        imgs.append(image_tensor(img))
         for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight"):
             maps[k].append(torch.from_numpy(t[k]))
         maps["hm_mask"].append(torch.from_numpy(hm_mask))
