@@ -248,3 +248,8 @@ def test_export_can_reestimate_the_batchnorm_statistics_on_training_crops(tmp_pa
     assert all(int(bn["stage1"][k]) == 2 for k in bn["stage1"] if k.endswith("num_batches_tracked"))
     others = [k for k in plain["stage1"] if "running_" not in k and "num_batches" not in k]
     assert all(torch.equal(plain["stage1"][k], bn["stage1"][k]) for k in others)
+    torch.manual_seed(12345)  # as another process would start: the export must not depend on it
+    export_weights(str(tmp_path / "a" / "last.pt"), None, str(tmp_path / "again.pt"), half=False,
+                   bn_crops=16, data_root=DATA)
+    again = torch.load(tmp_path / "again.pt", weights_only=True)
+    assert all(torch.equal(again["stage1"][k], bn["stage1"][k]) for k in stats)
