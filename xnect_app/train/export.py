@@ -82,7 +82,7 @@ def recalibrate_bn(s1: dict, s1_cfg: dict, crops: int, data_root: str | os.PathL
     """Stage I weights with their BatchNorm statistics re-estimated on `crops` training crops
     (an average over all of them; every other weight unchanged). A moving average of the weights
     (--ema) also averages the statistics of networks that no longer exist; re-estimated, session
-    13's GPU file went from coco_dev body AP 0.146 to 0.160-0.163 (three crop samples)."""
+    13's GPU file went from coco_dev body AP 0.146 to 0.153-0.163 (four crop samples)."""
     import numpy as np
 
     from ..nn.stage1 import Stage1Config, Stage1Net
