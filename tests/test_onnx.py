@@ -17,9 +17,10 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 from xnect_app import skeleton  # noqa: E402
 from xnect_app.cli.export import main as export_main  # noqa: E402
 from xnect_app.estimator import PoseEstimator, default_weights_path, letterbox  # noqa: E402
-from xnect_app.export import META_FILE, STAGE1_FILE, STAGE2_FILE, OnnxNetworks, export_onnx, read_meta  # noqa: E402
+from xnect_app.export import (META_FILE, STAGE1_FILE, STAGE2_FILE, OnnxNetworks, export_onnx, read_meta,  # noqa: E402
+                              stage2_onnx_bytes)
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net  # noqa: E402
-from xnect_app.nn.stage2 import Stage2Net  # noqa: E402
+from xnect_app.nn.stage2 import Stage2Ensemble, Stage2EnsembleConfig, Stage2Net  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 SIZE = (256, 160)
@@ -148,6 +149,25 @@ def test_in_memory_export_stage2_batches_and_no_people(networks, frames):
     est = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False, backend="onnxruntime")
     ref = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False)
     _assert_same_people(ref(frames[2]).people, est(frames[2]).people, strict=False)
+
+
+def test_a_stage2_ensemble_exports_as_one_graph_that_averages_its_members(networks):
+    import onnxruntime as ort
+
+    _, stage2 = networks
+    torch.manual_seed(3)
+    ens = Stage2Ensemble(Stage2EnsembleConfig((stage2.cfg, stage2.cfg))).eval()
+    ens.members[0].load_state_dict(stage2.state_dict())
+    torch.nn.init.normal_(ens.members[1].out.weight, std=0.01)
+    sess = ort.InferenceSession(stage2_onnx_bytes(ens), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(2)
+    feeds = {"joint_feats": rng.normal(size=(5, 19, 66)).astype(np.float32),
+             "readout": rng.normal(scale=0.3, size=(5, 21, 3)).astype(np.float32),
+             "readout_valid": (rng.random((5, 21)) > 0.3).astype(np.float32)}
+    with torch.no_grad():
+        args = [torch.from_numpy(feeds[k]) for k in ("joint_feats", "readout", "readout_valid")]
+        want = ((stage2(*args) + ens.members[1](*args)) / 2).numpy()
+    np.testing.assert_allclose(sess.run(None, feeds)[0], want, atol=1e-5)
 
 
 def test_cli_exports_a_fixed_size_model_the_estimator_runs(tmp_path, capsys, frames):

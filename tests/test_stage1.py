@@ -170,6 +170,47 @@ def test_export_keeps_the_stage2_of_an_existing_weights_file(tmp_path):
         export_weights(str(tmp_path / "a" / "last.pt"), _without_stage2(tmp_path / "w.pt"), str(tmp_path / "x.pt"))
 
 
+def test_export_with_several_stage2_makes_an_ensemble_the_estimator_averages(tmp_path):
+    """`--stage2 A B`: both Stage II networks in one file; PoseEstimator's Stage II gives their mean
+    pose, and an ensemble file given again joins with its members."""
+    from xnect_app.estimator import load_weights
+    from xnect_app.nn.stage2 import Stage2Config, Stage2Ensemble, Stage2Net
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b")).save()
+    stage1 = str(tmp_path / "a" / "last.pt")
+    nets = []
+    for i, use_enc in enumerate((False, True)):
+        torch.manual_seed(i)
+        net = Stage2Net(Stage2Config(width=64, depth=1, use_encodings=use_enc)).eval()
+        torch.nn.init.normal_(net.out.weight, std=0.1)
+        torch.save({"model": net.state_dict(), "stage2_config": net.cfg.to_dict(), "step": 100 * (i + 1)},
+                   tmp_path / f"s2_{i}.pt")
+        nets.append(net)
+    export_weights(stage1, [str(tmp_path / "s2_0.pt"), str(tmp_path / "s2_1.pt")], str(tmp_path / "w.pt"), half=False)
+    doc = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert doc["meta"]["stage2_step"] == 200 and doc["meta"]["stage2_source_steps"] == [100, 200]
+    _, ens = load_weights(tmp_path / "w.pt")
+    assert isinstance(ens, Stage2Ensemble) and len(ens.members) == 2
+    rng = np.random.default_rng(0)
+    f = torch.from_numpy(rng.normal(size=(4, 19, 66)).astype(np.float32))
+    r = torch.from_numpy(rng.normal(scale=0.3, size=(4, 21, 3)).astype(np.float32))
+    v = torch.ones(4, 21)
+    with torch.no_grad():
+        torch.testing.assert_close(ens.eval()(f, r, v), (nets[0](f, r, v) + nets[1](f, r, v)) / 2)
+
+    export_weights(stage1, [str(tmp_path / "w.pt"), str(tmp_path / "s2_0.pt")], str(tmp_path / "w3.pt"))
+    _, ens3 = load_weights(tmp_path / "w3.pt")
+    assert len(ens3.members) == 3 and [m.cfg.use_encodings for m in ens3.members] == [False, True, False]
+
+    other = Stage2Net(Stage2Config(width=64, depth=2))
+    torch.save({"model": other.state_dict(), "stage2_config": {**other.cfg.to_dict(), "depth": 1}, "step": 1},
+               tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="do not form an ensemble"):
+        export_weights(stage1, [str(tmp_path / "s2_0.pt"), str(tmp_path / "bad.pt")], str(tmp_path / "x.pt"))
+
+
 def _without_stage2(path):
     doc = torch.load(path, weights_only=True)
     for k in ("stage2", "stage2_config"):

@@ -98,3 +98,36 @@ def test_real_pairs_keep_2d_and_3d_facing_the_same_way_when_mirrored():
         return np.median(np.nanmax(np.nanmax(xy, 1) - np.nanmin(xy, 1), 1))
 
     assert 0.8 < median_extent(kp) / median_extent(scene.kp2d) < 1.25
+
+
+def _random_member(seed: int, **cfg) -> Stage2Net:
+    torch.manual_seed(seed)
+    net = Stage2Net(Stage2Config(width=64, depth=1, **cfg)).eval()
+    torch.nn.init.normal_(net.out.weight, std=0.1)
+    return net
+
+
+def test_an_ensemble_returns_the_mean_of_its_members_poses():
+    from xnect_app.nn.stage2 import Stage2Ensemble, Stage2EnsembleConfig, build_stage2
+
+    a, b = _random_member(1, use_encodings=False), _random_member(2)
+    ens = build_stage2(Stage2EnsembleConfig((a.cfg, b.cfg)).to_dict()).eval()
+    assert isinstance(ens, Stage2Ensemble) and ens.cfg.enc_chs == a.cfg.enc_chs
+    ens.load_state_dict({**{f"members.0.{k}": v for k, v in a.state_dict().items()},
+                         **{f"members.1.{k}": v for k, v in b.state_dict().items()}})
+    f, r, v, _ = (torch.from_numpy(x) for x in make_batch(np.random.default_rng(5), 8, Stage2TrainConfig(enc_drop=0.0)))
+    with torch.no_grad():
+        want = (a(f, r, v) + b(f, r, v)) / 2
+        got = ens(f, r, v)
+    torch.testing.assert_close(got, want)
+    assert (a(f, r, v) - b(f, r, v)).abs().max() > 1e-3  # the members differ, so the mean is a real blend
+    assert torch.allclose(got[:, skeleton.ROOT_3D], torch.zeros(len(f), 3))
+    assert isinstance(build_stage2(a.cfg.to_dict()), Stage2Net)
+
+
+def test_members_with_other_inputs_are_refused():
+    import pytest
+    from xnect_app.nn.stage2 import Stage2EnsembleConfig
+
+    with pytest.raises(ValueError, match="differ"):
+        Stage2EnsembleConfig((Stage2Config(), Stage2Config(enc_chs=30)))

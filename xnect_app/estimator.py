@@ -25,7 +25,7 @@ import torch
 from .assets import asset_dir
 from .motion_mask import FIRST_MASKED_BLOCK, MotionGate
 from .nn.stage1 import STRIDE, Stage1Config, Stage1Net
-from .nn.stage2 import Stage2Config, Stage2Net
+from .nn.stage2 import Stage2Model, build_stage2
 from .pose.paf import GroupingConfig
 from .pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size
 from .torch_thread import on_torch_thread
@@ -128,7 +128,7 @@ class PoseEstimator:
                  onnx_dir: str | Path | None = None, onnx_threads: int | None = None,
                  dynconv: bool | str = False, dynconv_budget: float | None = None, dynconv_margin: int | None = None,
                  flip_test: bool = False, test_scales: Sequence[float] = (1.0,), torch_thread: bool = True,
-                 _networks: tuple[Stage1Net, Stage2Net | None] | None = None, _name: str | None = None):
+                 _networks: tuple[Stage1Net, Stage2Model | None] | None = None, _name: str | None = None):
         self.torch_thread = bool(torch_thread)
         setup = dict(locals())
         del setup["self"], setup["torch_thread"]
@@ -285,7 +285,7 @@ class PoseEstimator:
 
     # -- construction helpers -----------------------------------------------------------------
     @classmethod
-    def from_networks(cls, stage1: Stage1Net, stage2: Stage2Net | None, **kw: Any) -> "PoseEstimator":
+    def from_networks(cls, stage1: Stage1Net, stage2: Stage2Model | None, **kw: Any) -> "PoseEstimator":
         """Networks the caller built; they run in the calling thread unless torch_thread=True."""
         kw.setdefault("torch_thread", False)
         return cls(_networks=(stage1, stage2), **kw)
@@ -508,7 +508,7 @@ def _load_checkpoint(path: str | Path) -> tuple[Stage1Net, int]:
     return net, int(ck.get("step", 0))
 
 
-def load_weights(path: str | Path) -> tuple[Stage1Net, Stage2Net | None]:
+def load_weights(path: str | Path) -> tuple[Stage1Net, Stage2Model | None]:
     """Networks from a weights file written by `xnect-train export`."""
     try:
         doc = torch.load(path, map_location="cpu", weights_only=True)
@@ -520,6 +520,6 @@ def load_weights(path: str | Path) -> tuple[Stage1Net, Stage2Net | None]:
     s1.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage1"].items()})
     s2 = None
     if "stage2" in doc:
-        s2 = Stage2Net(Stage2Config.from_dict(doc.get("stage2_config", {})))
+        s2 = build_stage2(doc.get("stage2_config", {}))
         s2.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in doc["stage2"].items()})
     return s1, s2

@@ -34,7 +34,7 @@ from torch import nn
 
 from . import skeleton
 from .nn.stage1 import IMAGENET_MEAN_RGB, IMAGENET_STD_RGB, STRIDE, Stage1Net
-from .nn.stage2 import Stage2Net
+from .nn.stage2 import Stage2Model
 
 _logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def stage1_onnx_bytes(net: Stage1Net, input_size: tuple[int, int], dynamic_hw: b
     return _trace_to_bytes(_Stage1Graph(net), (example,), STAGE1_INPUTS, STAGE1_OUTPUTS, axes, opset)
 
 
-def stage2_onnx_bytes(net: Stage2Net, opset: int = DEFAULT_OPSET) -> bytes:
+def stage2_onnx_bytes(net: Stage2Model, opset: int = DEFAULT_OPSET) -> bytes:
     """Stage II as an ONNX model (bytes) with a dynamic number of people (at least 1)."""
     c = net.cfg
     example = (torch.zeros(2, c.num_joints_2d, c.enc_chs + 3), torch.zeros(2, c.num_joints_3d, 3),
@@ -117,7 +117,7 @@ def stage2_onnx_bytes(net: Stage2Net, opset: int = DEFAULT_OPSET) -> bytes:
     return _trace_to_bytes(net, example, STAGE2_INPUTS, STAGE2_OUTPUTS, axes, opset)
 
 
-def _sidecar(stage1: Stage1Net, stage2: Stage2Net | None, input_size: tuple[int, int], model_name: str,
+def _sidecar(stage1: Stage1Net, stage2: Stage2Model | None, input_size: tuple[int, int], model_name: str,
              dynamic_hw: bool, opset: int) -> dict[str, Any]:
     w, h = input_size
     c1 = stage1.cfg
@@ -182,7 +182,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def export_onnx(stage1: Stage1Net, stage2: Stage2Net | None, out_dir: str | Path, input_size: tuple[int, int],
+def export_onnx(stage1: Stage1Net, stage2: Stage2Model | None, out_dir: str | Path, input_size: tuple[int, int],
                 model_name: str, dynamic_hw: bool = True, opset: int = DEFAULT_OPSET) -> dict[str, Any]:
     """Write stage1.onnx, stage2.onnx (if stage2) and the xnect_onnx.json sidecar; returns the sidecar.
 
@@ -362,7 +362,7 @@ class OnnxNetworks:
         self.dynamic_hw = bool(self.meta["stage1"].get("dynamic_hw", False))
 
     @classmethod
-    def from_networks(cls, stage1: Stage1Net, stage2: Stage2Net | None, input_size: tuple[int, int],
+    def from_networks(cls, stage1: Stage1Net, stage2: Stage2Model | None, input_size: tuple[int, int],
                       model_name: str = "in-memory", dynamic_hw: bool = True, opset: int = DEFAULT_OPSET,
                       threads: int | None = None, providers: Sequence[str] | None = None) -> "OnnxNetworks":
         """Export in memory (nothing on disk) and open sessions on the result."""
@@ -398,7 +398,7 @@ class OnnxNetworks:
         return self._s2.run(list(STAGE2_OUTPUTS), feeds)[0]
 
 
-def compare_with_torch(nets: OnnxNetworks, stage1: Stage1Net, stage2: Stage2Net | None,
+def compare_with_torch(nets: OnnxNetworks, stage1: Stage1Net, stage2: Stage2Model | None,
                        images: np.ndarray, people: int = 3, seed: int = 0) -> dict[str, dict[str, float]]:
     """ONNX Runtime vs torch per output: {name: {"max_abs_diff", "max_abs_ref"}}, Stage I on the
     given images (N x 3 x H x W float32), Stage II on `people` random inputs. For export checks."""

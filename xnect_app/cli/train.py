@@ -74,7 +74,7 @@ def _stage2(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from ..train.export import export_weights
 
-    for p in (a.stage1, a.stage2, a.mask_unit):
+    for p in (a.stage1, *(a.stage2 or ()), a.mask_unit):
         if p and not Path(p).is_file():
             fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
     if a.bn_crops < 0:
@@ -172,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     s2.set_defaults(fn=_stage2)
     ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
     ex.add_argument("--stage1", required=True)
-    ex.add_argument("--stage2", help="a `stage2` run's checkpoint, or a weights file whose Stage II to keep "
-                                     "(e.g. models/xnect_selecsls60.pt)")
+    ex.add_argument("--stage2", nargs="+", metavar="CKPT",
+                    help="a `stage2` run's checkpoint, or a weights file whose Stage II to keep "
+                         "(e.g. models/xnect_selecsls60.pt); several: an ensemble that averages their poses")
     ex.add_argument("--mask-unit", metavar="CKPT",
                     help="add the DynConv mask unit of a `stage1 --dynconv --dynconv-freeze` run fitted to "
                          "this Stage I (e.g. runs/dynmask/last.pt)")

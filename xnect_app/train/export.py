@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from ..nn.stage2 import build_stage2
+
 WEIGHTS_FORMAT = "xnect_app.weights/1"
 
 
@@ -55,6 +57,33 @@ def _read_stage2(path: str) -> tuple[dict, dict, int]:
         return ck["stage2"], ck["stage2_config"], int(ck.get("meta", {}).get("stage2_step", 0))
     s2, s2_cfg = _checkpoint_weights(ck)
     return s2, ck.get("stage2_config", s2_cfg), int(ck.get("step", 0))
+
+
+def _read_stage2_sources(paths: list[str]) -> tuple[dict, dict, list[int]]:
+    """(weights, config, steps) of the Stage II to export: one source's network, or for several an
+    ensemble of their networks (an ensemble among them joins with its members)."""
+    if len(paths) == 1:
+        s2, cfg, step = _read_stage2(paths[0])
+        return s2, cfg, [step]
+    weights: dict = {}
+    members: list[dict] = []
+    steps = []
+    for path in paths:
+        s2, cfg, step = _read_stage2(path)
+        steps.append(step)
+        parts = ([(c, f"members.{i}.") for i, c in enumerate(cfg["members"])] if "members" in cfg
+                 else [(cfg, "")])
+        for c, prefix in parts:
+            weights.update({f"members.{len(members)}.{k[len(prefix):]}": v for k, v in s2.items()
+                            if k.startswith(prefix)})
+            members.append(c)
+    cfg = {"members": members}
+    try:
+        build_stage2(cfg).load_state_dict({k: v.float() for k, v in weights.items()})
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"the Stage II networks of {', '.join(paths)} do not form an ensemble: "
+                         f"{str(e).splitlines()[0]}") from None
+    return weights, cfg, steps
 
 
 def _read_stage1(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
@@ -106,11 +135,12 @@ def recalibrate_bn(s1: dict, s1_cfg: dict, crops: int, data_root: str | os.PathL
     return {k: new[k] if k in new else v for k, v in s1.items()}
 
 
-def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bool = True,
+def export_weights(stage1_ckpt: str, stage2_ckpt: str | list[str] | None, out: str, half: bool = True,
                    mask_unit_ckpt: str | None = None, averaged: bool = True, bn_crops: int = 0,
                    data_root: str | os.PathLike = "../shared/data") -> None:
     """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
-    `mask_unit_ckpt`) and Stage II; float16 storage unless half=False. Stage I is the moving
+    `mask_unit_ckpt`) and Stage II (several `stage2_ckpt`: an ensemble averaging their poses);
+    float16 storage unless half=False. Stage I is the moving
     average of its weights when the checkpoint keeps one, unless averaged=False. With bn_crops,
     Stage I's BatchNorm statistics are first re-estimated on that many training crops (fit a mask
     unit to the result, not before)."""
@@ -128,10 +158,12 @@ def export_weights(stage1_ckpt: str, stage2_ckpt: str | None, out: str, half: bo
         "meta": meta,
     }
     if stage2_ckpt:
-        s2, s2_cfg, s2_step = _read_stage2(stage2_ckpt)
+        s2, s2_cfg, s2_steps = _read_stage2_sources([stage2_ckpt] if isinstance(stage2_ckpt, str) else list(stage2_ckpt))
         doc["stage2_config"] = s2_cfg
         doc["stage2"] = {k: (v.half() if half and v.is_floating_point() else v) for k, v in s2.items()}
-        doc["meta"]["stage2_step"] = s2_step
+        doc["meta"]["stage2_step"] = max(s2_steps)
+        if len(s2_steps) > 1:
+            doc["meta"]["stage2_source_steps"] = s2_steps
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{out}.tmp"
     torch.save(doc, tmp)
