@@ -1,19 +1,21 @@
 """Pack the training data small enough to travel with the repository to a lent GPU machine.
 
 The device tool sends the checkout and at most 64 MiB in all (the repository itself is about
-35 MB), and nothing from ../shared. This writes a data root that `xnect-train stage1 --data-root`
+42 MB), and nothing from ../shared. This writes a data root that `xnect-train stage1 --data-root`
 reads like ../shared/data: coco_train_extra and backgrounds re-encoded as WebP, and as many
 LSPET images as the size budget allows, those with teacher labels (3D, face points, masks for
 compositing) first. Image files are renamed (.webp), so each record keeps its original name in
-"original_file" and the teacher labels in data_cache/ still match.
+"original_file" and the teacher labels in data_cache/ still match. By default the pack takes
+what the checkout leaves of the 64 MiB, less 2 MB.
 
-    python scripts/pack_training_data.py --out gpu_pack --max-mb 28
+    python scripts/pack_training_data.py --out gpu_pack
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +26,22 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xnect_app.train.data import list_images, read_training_source  # noqa: E402
+
+
+DEVICE_LIMIT_BYTES = 64 * 2**20
+
+
+def checkout_bytes(skip: Path) -> int:
+    """Bytes of what the device tool sends besides the pack: tracked and not-ignored files."""
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    skip = skip.resolve()
+    total = 0
+    for name in filter(None, names):
+        p = (REPO / name).resolve()
+        if p.is_file() and skip not in p.parents:
+            total += p.stat().st_size
+    return total
 
 
 def encode(src: Path, dst: Path, quality: int, max_side: int | None = None) -> int:
@@ -90,7 +108,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
     ap.add_argument("--out", default=str(REPO / "gpu_pack"))
-    ap.add_argument("--max-mb", type=float, default=28.0, help="size of the whole pack (default %(default)s MB)")
+    ap.add_argument("--max-mb", type=float,
+                    help="size of the whole pack in MB (default: what the checkout leaves of 64 MiB, less 2 MB)")
     ap.add_argument("--quality", type=int, default=60, help="WebP quality of LSPET images (default %(default)s)")
     ap.add_argument("--teacher-cache", default=str(REPO / "data_cache"))
     ap.add_argument("--seed", type=int, default=0)
@@ -100,6 +119,9 @@ def main() -> None:
     for name in ("lspet", "coco_train_extra", "backgrounds"):
         if not (root / name).is_dir():
             raise SystemExit(f"pack_training_data: {root / name} not found (point --data-root at the data)")
+    if a.max_mb is None:
+        a.max_mb = (DEVICE_LIMIT_BYTES - checkout_bytes(out)) / 1e6 - 2.0
+        print(f"pack budget {a.max_mb:.1f} MB (the checkout takes the rest of the 64 MiB)")
     if out.exists():
         shutil.rmtree(out)
     coco = pack_coco(root / "coco_train_extra", out / "coco_train_extra", quality=75, limit=a.limit)
