@@ -33,8 +33,11 @@ DEVICE_LIMIT_BYTES = 64 * 2**20
 
 def checkout_bytes(skip: Path) -> int:
     """Bytes of what the device tool sends besides the pack: tracked and not-ignored files."""
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    try:
+        names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                               capture_output=True, check=True).stdout.decode().split("\0")
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("pack_training_data: cannot list the checkout with git; give --max-mb") from None
     skip = skip.resolve()
     total = 0
     for name in filter(None, names):
