@@ -145,6 +145,8 @@ def test_bad_options_are_one_line():
     assert_clean_error(r, 1, "--scales", "cannot be combined with --dynconv")
     r = cli(str(SHORT), "--out-dir", "x", "--scales", "1,0")
     assert r.returncode == 2 and "not in (0, 2]" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = cli(str(SHORT), "--out-dir", "x", *FAST, "--backend", "onnxruntime", "--precision", "bf16")
+    assert_clean_error(r, 1, "bf16 inference runs with the torch backend on the CPU")
 
 
 def test_ctrl_c_in_the_middle_of_a_batch(tmp_path):

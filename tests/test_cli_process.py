@@ -87,6 +87,7 @@ def test_every_decoded_frame_has_a_record_and_a_video_frame(processed):
         assert meta["type"] == "meta" and meta["model"].startswith("selecsls60")
         assert meta["intrinsics"]["fx"] > 0 and meta["source"].endswith(clip.name)
         assert meta["inference"]["input_wh"] == [128, 80] and meta["inference"]["flip_test"] is False
+        assert meta["inference"]["precision"] in ("fp32", "bf16")
         assert [rec["frame"] for rec in recs] == list(range(n)), clip.name
         assert all(rec["type"] == "frame" for rec in recs)
         assert len(frames_of(out / f"{clip.stem}.mp4")) == n

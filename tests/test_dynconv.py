@@ -110,6 +110,26 @@ def test_sparse_equals_masked_dense_for_random_masks(net42, seed, first_block):
     net42.set_sparse(False, None)
 
 
+@pytest.mark.parametrize("background", [False, True])
+def test_bf16_sparse_path_follows_the_float32_one_and_returns_float32(net42, background):
+    """bfloat16 inference (PoseEstimator(precision="bf16")) runs the sparse layers in bfloat16:
+    within bfloat16 rounding of the float32 sparse result, with or without a background fill."""
+    x, bg = _image(seed=6), _image(n=1, seed=7)
+    mask = torch.rand(2, 1, 12, 20, generator=torch.Generator().manual_seed(6)) > 0.7
+    outs = []
+    with torch.no_grad():
+        for bf16 in (False, True):
+            net42.bf16_inference = bf16
+            net42.set_sparse(True, mask_override=mask, dense_above=2.0, background=bg if background else None)
+            outs.append(net42(x))
+            assert net42.sparse_stats.sparse and net42._sparse_exec.dtype == (torch.bfloat16 if bf16 else torch.float32)
+    net42.bf16_inference = False
+    net42.set_sparse(False, None, background=None)
+    for a, b in zip(*outs):
+        assert b.dtype == torch.float32 and not torch.equal(a, b)
+        assert (a - b).abs().max() < 0.05 * a.abs().max()
+
+
 def test_dense_fallback_gives_the_same_maps_and_says_so(net42):
     x = _image(seed=3)
     mask = torch.zeros(12, 20)

@@ -1,15 +1,21 @@
-"""PoseEstimator: letterboxing, coordinate mapping, the whole decode chain, weights files."""
+"""PoseEstimator: letterboxing, coordinate mapping, the whole decode chain, weights files, precision."""
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 import torch
 
 from xnect_app import skeleton
-from xnect_app.estimator import PoseEstimator, letterbox
+from xnect_app import estimator as estimator_module
+from xnect_app.estimator import PoseEstimator, cpu_has_bf16, letterbox, resolve_precision
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net, Stage1Output
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
 from xnect_app.train.export import export_weights
 from xnect_app.types import Intrinsics
+
+COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
 
 
 @pytest.mark.parametrize("shape", [(576, 768), (1920, 1080), (320, 512), (100, 40)])
@@ -85,7 +91,7 @@ def test_exported_weights_load_into_the_estimator_and_give_the_same_maps(tmp_pat
     torch.save({"model": net.state_dict(), "stage1_config": net.cfg.to_dict(), "step": 7}, ck)
     out = tmp_path / "w.pt"
     export_weights(str(ck), None, str(out), half=False)
-    est = PoseEstimator(weights=out, input_size=(128, 128), tracking=False)
+    est = PoseEstimator(weights=out, input_size=(128, 128), tracking=False, precision="fp32")
     x = torch.rand(1, 3, 128, 128) * 255
     with torch.no_grad():
         a, b = net(x), est.stage1(x)
@@ -116,3 +122,53 @@ def test_networks_run_on_one_thread_whichever_thread_calls():
     inline.stage1.register_forward_hook(lambda *_: ran_on.append(threading.get_ident()))
     inline(frame)
     assert ran_on[-1] == threading.get_ident()
+
+
+def test_bf16_is_detected_from_the_cpu_flags():
+    assert cpu_has_bf16("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_bf16("flags\t\t: fpu avx512f amx_bf16 amx_tile\n")
+    assert not cpu_has_bf16("flags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not cpu_has_bf16("Features\t: fp asimd\n")
+
+
+def test_precision_auto_follows_the_cpu_and_bf16_needs_the_torch_backend_on_the_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(estimator_module, "cpu_has_bf16", lambda: True)
+    assert resolve_precision("auto", "torch", cpu) == "bf16"
+    assert resolve_precision("auto", "onnxruntime", cpu) == "fp32"
+    assert resolve_precision("auto", "torch", cuda) == "fp32"
+    assert resolve_precision("fp32", "torch", cpu) == "fp32"
+    monkeypatch.setattr(estimator_module, "cpu_has_bf16", lambda: False)
+    assert resolve_precision("auto", "torch", cpu) == "fp32"
+    assert resolve_precision("bf16", "torch", cpu) == "bf16"  # asked for: emulated, slower, still works
+    with pytest.raises(ValueError, match="torch backend on the CPU"):
+        resolve_precision("bf16", "onnxruntime", cpu)
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), precision="fp16")
+    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False)
+    assert est.precision == "fp32" and est.settings()["precision"] == "fp32" and not est.stage1.bf16_inference
+
+
+@pytest.mark.skipif(not COCO_DEV.is_dir(), reason="needs ../shared/data/coco_dev")
+def test_bf16_inference_finds_the_people_fp32_finds_on_real_photos():
+    fp32, bf16 = (PoseEstimator(tracking=False, fit_skeleton=False, precision=p, torch_thread=False)
+                  for p in ("fp32", "bf16"))
+    assert bf16.settings()["precision"] == "bf16"
+    checked = 0
+    for path in sorted((COCO_DEV / "images").glob("*.jpg"))[:4]:
+        img = cv2.imread(str(path))
+        inp = letterbox(img, fp32.input_size)[0]
+        with torch.inference_mode():
+            maps = [est._dense_maps([inp])[0] for est in (fp32, bf16)]
+        assert maps[1].dtype == np.float32 and not np.array_equal(maps[0], maps[1])  # really bfloat16
+        assert np.abs(maps[1] - maps[0]).max() < 0.15 * np.abs(maps[0]).max()
+        a, b = fp32(img).people, bf16(img).people
+        for p in a:
+            if p.score < 0.4:
+                continue
+            vis = p.kp2d[:, 2] > 0
+            size = np.ptp(p.kp2d[vis, :2], axis=0).max()
+            d = [np.nanmean(np.linalg.norm(q.kp2d[vis, :2] - p.kp2d[vis, :2], axis=-1)) for q in b]
+            assert d and min(d) < 0.05 * size, (path.name, p.score, d)
+            checked += 1
+    assert checked >= 3

@@ -113,7 +113,7 @@ def _assert_same_people(want, got, strict: bool) -> None:
 
 
 def test_onnxruntime_backend_finds_the_same_people_as_torch(networks, onnx_dir, frames):
-    torch_est = PoseEstimator.from_networks(*networks, input_size=SIZE, tracking=False)
+    torch_est = PoseEstimator.from_networks(*networks, input_size=SIZE, tracking=False, precision="fp32")
     ort_est = PoseEstimator(backend="onnxruntime", onnx_dir=onnx_dir, input_size=SIZE, tracking=False)
     assert ort_est.model_name == "parity-test" and ort_est.stage1 is None
     for want, got in zip(torch_est.detect_batch(frames), ort_est.detect_batch(frames)):
@@ -124,7 +124,7 @@ def test_onnxruntime_backend_finds_the_same_people_as_torch(networks, onnx_dir, 
 
 @pytest.mark.skipif(not default_weights_path().is_file(), reason="trained weights (models/) not bundled yet")
 def test_trained_model_gives_the_same_people_in_onnxruntime(frames, tmp_path):
-    torch_est = PoseEstimator(tracking=False)
+    torch_est = PoseEstimator(tracking=False, precision="fp32")
     export_onnx(torch_est.stage1, torch_est.stage2, tmp_path, torch_est.input_size, torch_est.model_name)
     ort_est = PoseEstimator(backend="onnxruntime", onnx_dir=tmp_path, tracking=False)
     found = 0
@@ -147,7 +147,7 @@ def test_in_memory_export_stage2_batches_and_no_people(networks, frames):
     np.testing.assert_allclose(nets.stage2(feats, readout, valid), want, atol=1e-5)
     # backend="onnxruntime" without onnx_dir: the torch networks are exported in memory
     est = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False, backend="onnxruntime")
-    ref = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False)
+    ref = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False, precision="fp32")
     _assert_same_people(ref(frames[2]).people, est(frames[2]).people, strict=False)
 
 
@@ -205,7 +205,7 @@ def test_cli_int8_export_of_the_bundled_model_finds_the_same_people(tmp_path, ca
     int8_convs = {n.name for n in convs if n.input[1] in dequantised}  # int8 weights
     assert int8_convs and all("/core/" in n for n in int8_convs)        # the core; the heads stay fp32
     assert any("b2d_conv1" in n.name for n in convs) and not any("b2d" in n or "b3d" in n for n in int8_convs)
-    fp32 = PoseEstimator(input_size=size, tracking=False)
+    fp32 = PoseEstimator(input_size=size, tracking=False, precision="fp32")
     int8 = PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=size, tracking=False)
     assert int8.model_name.endswith("int8")
     frame = _read_frame("two_people_courtyard.mp4", 30)

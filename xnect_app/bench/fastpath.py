@@ -4,7 +4,11 @@ Every variant is a full PoseEstimator (letterbox -> Stage I -> numpy decoding ->
 the speed and the accuracy are those a user gets:
 
   fp32            the model's modules as they are, torch eager (Stage1Net.fast_dense off)
-  default         what PoseEstimator runs: BN folded, NHWC (Stage1Net.fast_dense)
+  default         what PoseEstimator() runs: BN folded, NHWC (Stage1Net.fast_dense), precision
+                  "auto" (bf16 where the CPU has bfloat16 instructions; the notes say which)
+  folded-fp32     BN folded, NHWC, float32 (PoseEstimator(precision="fp32"))
+  bf16            BN folded, NHWC, under bfloat16 autocast (PoseEstimator(precision="bf16"),
+                  emulated and slow on CPUs without bfloat16 instructions)
   fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
   fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)
   channels-last   fused+pruned with NHWC memory format (PoseEstimator's default torch path
@@ -51,7 +55,8 @@ _logger = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_VIDEO = REPO / "demo_videos" / "vtest.avi"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
-VARIANTS = ("fp32", "default", "fused", "fused+pruned", "channels-last", "compiled", "ort", "ort-int8")
+VARIANTS = ("fp32", "default", "folded-fp32", "bf16", "fused", "fused+pruned", "channels-last", "compiled", "ort",
+            "ort-int8")
 PRUNE_GAMMA = 1e-3
 
 
@@ -108,7 +113,7 @@ def _count_channels(net: nn.Module) -> int:
 def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
                    workdir: Path) -> dict[str, tuple[PoseEstimator | None, dict[str, Any]]]:
     """{variant: (estimator or None if it failed, notes)} in cfg.variants order."""
-    kw = dict(input_size=cfg.size, tracking=False)
+    kw = dict(input_size=cfg.size, tracking=False, precision="fp32")
     out: dict[str, tuple[PoseEstimator | None, dict[str, Any]]] = {}
     pruned: Stage1Net | None = None
 
@@ -120,7 +125,10 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
 
     builders: dict[str, Callable[[], tuple[PoseEstimator, dict[str, Any]]]] = {
         "fp32": lambda: (PoseEstimator.from_networks(eager_stage1(stage1), stage2, _name=name, **kw), {}),
-        "default": lambda: (PoseEstimator.from_networks(stage1, stage2, _name=name, **kw), {}),
+        "default": lambda: _default_estimator(stage1, stage2, name, kw),
+        "folded-fp32": lambda: (PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name, **kw), {}),
+        "bf16": lambda: (PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name,
+                                                     **{**kw, "precision": "bf16"}), {}),
         "fused": lambda: (PoseEstimator.from_networks(fused_stage1(stage1), stage2, _name=name, **kw), {}),
         "fused+pruned": lambda: (
             PoseEstimator.from_networks(get_pruned(), stage2, _name=name, **kw),
@@ -145,6 +153,11 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
         notes["build_s"] = round(time.perf_counter() - t0, 2)
         out[v] = (est, notes)
     return out
+
+
+def _default_estimator(stage1, stage2, name: str, kw: dict):
+    est = PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name, **{**kw, "precision": "auto"})
+    return est, {"precision": est.precision}
 
 
 def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Path, kw: dict):

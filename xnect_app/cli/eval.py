@@ -41,7 +41,7 @@ def _coco(a: argparse.Namespace) -> None:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
               min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
-              flip_test=a.flip, test_scales=a.scales or (1.0,))
+              flip_test=a.flip, test_scales=a.scales or (1.0,), precision=a.precision)
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
@@ -58,10 +58,11 @@ def _coco(a: argparse.Namespace) -> None:
     res["dynconv"] = bool(a.dynconv)
     res["flip_test"] = est.flip_test
     res["test_scales"] = list(est.test_scales)
+    res["precision"] = est.precision
     if a.json:
         print(json.dumps(res, indent=2))
     else:
-        print(f"model {res['model']} at {res['input_size']}{_augmentation(a)} on {a.path} "
+        print(f"model {res['model']} at {res['input_size']} ({res['precision']}){_augmentation(a)} on {a.path} "
               f"({res['images']} images, {res['gt_persons']} persons, {res['detections']} detections)")
         print(f"  AP (17 joints)     {res['ap']:.3f}   AP50 {res['ap50']:.3f}   AR {res['ar']:.3f}")
         print(f"  AP (12 body)       {res['ap_body']:.3f}   AP50 {res['ap50_body']:.3f}   AR {res['ar_body']:.3f}   "
@@ -103,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
     c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
                    help="multi-scale test: Stage I at these multiples of --input-size, fused (e.g. 1,0.75,0.5)")
+    c.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="Stage I arithmetic (auto: bf16 on CPUs with bfloat16 instructions, else fp32)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

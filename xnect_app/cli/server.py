@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--input-size", default="512x320", metavar="WxH",
                        help="network input WxH, multiples of 16 (default 512x320)")
     model.add_argument("--device", default="cpu")
+    model.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="Stage I arithmetic (auto: bf16 on CPUs with bfloat16 instructions, else fp32)")
     model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
                        "(default: the estimator's)")
     model.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
@@ -101,7 +103,7 @@ def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
     except UserError as e:
         raise ValueError(str(e)) from None
     return PoseEstimator(weights=args.weights, backbone=args.backbone, input_size=input_size,
-                         device=args.device, random_init=args.random_weights,
+                         device=args.device, random_init=args.random_weights, precision=args.precision,
                          tracking=True, fit_skeleton=not args.no_skeleton_fit, **extra)
 
 

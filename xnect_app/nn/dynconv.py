@@ -30,6 +30,7 @@ equals it on M.
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import threading
@@ -569,7 +570,7 @@ class _SparseBlock:
 class _Heads(nn.Module):
     """The Stage I heads with BN folded: modules for the masked-dense fallback, and sparse layers."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, dtype: torch.dtype | None = None):
         super().__init__()
         relu = nn.ReLU(inplace=True)
         for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
@@ -577,8 +578,10 @@ class _Heads(nn.Module):
             setattr(self, name, nn.Sequential(fold_conv_bn(getattr(net, name)), relu))
         for name in ("b2d_up", "b3d_up"):
             setattr(self, name, nn.Sequential(fold_deconv_bn(getattr(net, name)), relu))
-        self.b2d_out = net.b2d_out
-        self.b3d_out = net.b3d_out
+        self.b2d_out = copy.deepcopy(net.b2d_out)
+        self.b3d_out = copy.deepcopy(net.b3d_out)
+        if dtype is not None:
+            self.to(dtype)
         self.sparse = {name: SparseConv.from_conv(getattr(self, name)[0], relu=True)
                        for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
                                     "b3d_reduce", "b3d_conv1", "b3d_merge", "b3d_conv2")}
@@ -635,16 +638,20 @@ class SparseStage1:
     skipped cells then keep what a dense pass finds there while the background holds (static
     people and objects included), and each layer runs on the mask alone (no dilated rings).
 
-    Build it once per set of weights (`Stage1Net.set_sparse` does); it snapshots the weights.
+    Build it once per set of weights (`Stage1Net.set_sparse` does); it snapshots the weights, in
+    `dtype` if given (bfloat16: the network's layers in bfloat16, its mask unit and the masks in
+    float32, the maps returned in bfloat16), else in the network's own.
     """
 
-    def __init__(self, net: nn.Module, first_masked: int, dense_above: float = DENSE_ABOVE):
+    def __init__(self, net: nn.Module, first_masked: int, dense_above: float = DENSE_ABOVE,
+                 dtype: torch.dtype | None = None):
         from .selecsls import fuse_bn
         self.net = net
         self.first_masked = first_masked
         self.dense_above = dense_above
-        self.core = fuse_bn(net.core)
-        self.heads = _Heads(net).eval()
+        self.dtype = dtype or next(net.parameters()).dtype
+        self.core = fuse_bn(net.core).to(self.dtype)
+        self.heads = _Heads(net, dtype).eval()
         self.blocks = [_SparseBlock(b) for b in self.core.features]
         self.stride8_index = self.core.stride8_index
         self.reductions = self.core.cfg.reductions
@@ -675,7 +682,7 @@ class SparseStage1:
             self._backgrounds.move_to_end(id(image))
             _, self._fill, self._fill_rows, self._fill_out = hit
             return
-        feats = [self.core.stem(self.net.normalise(image))]
+        feats = [self.core.stem(self.net.normalise(image).to(self.dtype))]
         fill: dict = {}  # every layer's map a 3x3 conv reads, and the block outputs
         for i in range(len(self.blocks)):
             out = self._dense_block(i, feats, mids=fill)
@@ -757,7 +764,7 @@ class SparseStage1:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, mask_override: torch.Tensor | None = None):
         """BGR 0..255 input (N x 3 x H x W) -> (heatmaps, pafs, enc3d)."""
-        feats = [self.core.stem(self.net.normalise(x))]
+        feats = [self.core.stem(self.net.normalise(x).to(self.dtype))]
         f8 = None  # the stride-8 tap when it comes before the first masked block
         for i in range(self.first_masked):
             feats = self.core.features[i](feats)
@@ -767,14 +774,14 @@ class SparseStage1:
         if mask_override is not None:
             m8 = as_mask(mask_override, x.shape[0], h8, w8)
         else:
-            m8 = hard_mask(self.net.mask_unit(feats[0]), self.net.dynconv_max_active, self.net.dynconv_grow)
+            m8 = hard_mask(self.net.mask_unit(feats[0].float()), self.net.dynconv_max_active, self.net.dynconv_grow)
         levels, cost = self._plan(m8, tuple(x.shape[-2:]))
         aligned = x.shape[-2] % 16 == 0 and x.shape[-1] % 16 == 0
         use_sparse = aligned and cost <= self.dense_above
         if use_sparse:
             out2, enc = self._sparse(feats, f8, levels)
         else:
-            out2, enc = self._masked_dense(feats, f8, levels)
+            out2, enc = self._masked_dense(feats, f8, {k: [m.to(self.dtype) for m in v] for k, v in levels.items()})
         if self._fill_out is not None:
             bg2, bg3 = self._fill_out  # its size was checked with the block fills
             off = 1 - levels[8][0]
