@@ -143,9 +143,9 @@ class PoseEstimator:
         test_scales: run Stage I at these multiples of input_size and fuse the maps (pose.tta),
             e.g. (1, 0.75, 0.5): more accurate for large people, 2x the Stage I time; dense
             only. Default (1,): one pass.
-        precision: Stage I arithmetic on the CPU: "fp32", "bf16" (bfloat16 autocast; maps returned as
-            float32) or "auto" (default): bf16 where the CPU has bfloat16 instructions (avx512_bf16,
-            AMX; about 1.8x faster Stage I here, the same coco_dev AP), else fp32.
+        precision: Stage I arithmetic on the CPU: "fp32", "bf16" (bfloat16; maps returned as float32)
+            or "auto" (default): bf16 where the CPU has bfloat16 instructions (avx512_bf16, AMX;
+            about 1.9x faster dense Stage I here, the same coco_dev AP), else fp32.
         torch_thread: build and run the networks on the process's torch thread (torch_thread.py)
             whichever thread calls, so a capture or server thread does not slow torch down (up to
             2x for DynConv). False runs them in the calling thread: for code that also runs torch

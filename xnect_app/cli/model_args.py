@@ -103,7 +103,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="run the networks with torch (default) or ONNX Runtime (the [onnx] extra)")
     g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="Stage I arithmetic on the CPU: bf16 (bfloat16, about 1.8x faster where the CPU has "
+                   help="Stage I arithmetic on the CPU: bf16 (bfloat16, about 1.9x faster where the CPU has "
                         "bfloat16 instructions, the same accuracy), fp32, or auto (default): bf16 on such "
                         "CPUs with the torch backend, else fp32")
     g.add_argument("--onnx-dir", metavar="DIR",
