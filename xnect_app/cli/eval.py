@@ -23,7 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import DEFAULT_MIN_SCORE, OneLineParser, fail, fraction, input_size, scale_list, score
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_precision_arg, fail, fraction, input_size, scale_list,
+                         score)
 
 
 def _augmentation(a: argparse.Namespace) -> str:
@@ -104,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
     c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
                    help="multi-scale test: Stage I at these multiples of --input-size, fused (e.g. 1,0.75,0.5)")
-    c.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="Stage I arithmetic (auto: bf16 on CPUs with bfloat16 instructions, else fp32)")
+    add_precision_arg(c)
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     a = ap.parse_args(argv)

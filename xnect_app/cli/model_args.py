@@ -102,10 +102,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1, mps")
     g.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="run the networks with torch (default) or ONNX Runtime (the [onnx] extra)")
-    g.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="Stage I arithmetic on the CPU: bf16 (bfloat16, about 1.9x faster where the CPU has "
-                        "bfloat16 instructions, the same accuracy), fp32, or auto (default): bf16 on such "
-                        "CPUs with the torch backend, else fp32")
+    add_precision_arg(g)
     g.add_argument("--onnx-dir", metavar="DIR",
                    help="with --backend onnxruntime: a folder written by `xnect-export onnx` "
                         "(default: export the loaded weights in memory)")
@@ -117,6 +114,13 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         "response per cell, e.g. 1,0.75,0.5 (more accurate for large people, 2x the Stage I time; "
                         "not with --dynconv)")
     add_dynconv_args(g)
+
+
+def add_precision_arg(group) -> None:
+    group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                       help="Stage I arithmetic on the CPU: bf16 (bfloat16, about 1.9x faster where the CPU has "
+                            "bfloat16 instructions, the same accuracy), fp32, or auto (default): bf16 on such "
+                            "CPUs with the torch backend, else fp32")
 
 
 def add_dynconv_args(group) -> None:

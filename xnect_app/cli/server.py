@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, UserError, add_dynconv_args, dynconv_kwargs, fail,
-                         input_size as parse_input_size, score)
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, UserError, add_dynconv_args, add_precision_arg,
+                         dynconv_kwargs, fail, input_size as parse_input_size, score)
 
 LOG = logging.getLogger("xnect_app.server")
 
@@ -50,8 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--input-size", default="512x320", metavar="WxH",
                        help="network input WxH, multiples of 16 (default 512x320)")
     model.add_argument("--device", default="cpu")
-    model.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                       help="Stage I arithmetic (auto: bf16 on CPUs with bfloat16 instructions, else fp32)")
+    add_precision_arg(model)
     model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
                        "(default: the estimator's)")
     model.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",

@@ -651,7 +651,7 @@ class SparseStage1:
         self.dense_above = dense_above
         self.dtype = dtype or next(net.parameters()).dtype
         self.core = fuse_bn(net.core).to(self.dtype)
-        self.heads = _Heads(net, dtype).eval()
+        self.heads = _Heads(net, self.dtype).eval()
         self.blocks = [_SparseBlock(b) for b in self.core.features]
         self.stride8_index = self.core.stride8_index
         self.reductions = self.core.cfg.reductions

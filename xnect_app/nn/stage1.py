@@ -241,10 +241,6 @@ class Stage1Net(nn.Module):
         return (self.fast_dense and not self.training and not torch.is_grad_enabled()
                 and x.device.type == "cpu" and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
-    def _inference_autocast(self, x: torch.Tensor):
-        on = self.bf16_inference and x.device.type == "cpu" and not torch.is_grad_enabled()
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on)
-
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         # BGR 0..255 -> ImageNet-normalised BGR order (the channel order the core was built for
         # is irrelevant when training from scratch; ImageNet weights expect RGB, handled by the
@@ -264,7 +260,7 @@ class Stage1Net(nn.Module):
         if self._use_fast_exec(x):
             if self._fast_exec is None:  # a plain attribute: never a submodule, never in the state dict
                 object.__setattr__(self, "_fast_exec", self.fused().to(memory_format=torch.channels_last))
-            with self._inference_autocast(x):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16_inference):
                 out = self._fast_exec(x.contiguous(memory_format=torch.channels_last))
             return Stage1Output(*(t.to(x.dtype).contiguous() for t in out))
         feats = self.core(self.normalise(x))
