@@ -268,6 +268,32 @@ def test_the_moving_average_of_the_weights_is_exported_and_survives_a_resume(tmp
     assert Trainer(TrainConfig(out_dir=str(tmp_path / "off"), backbone="selecsls42b", ema_decay=0)).ema_net is None
 
 
+def test_weight_averaging_every_k_steps_is_a_plain_mean_of_the_snapshots(tmp_path):
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    run = tmp_path / "run"
+    trainer = Trainer(TrainConfig(out_dir=str(run), backbone="selecsls42b", ema_decay=0, swa_every=2))
+    weight = trainer.net.b2d_out.weight
+    start = weight.detach().clone()
+    for step in range(1, 8):  # the weights after step s are start + s; snapshots at steps 2, 4, 6
+        with torch.no_grad():
+            weight.copy_(start + step)
+        trainer.step = step
+        trainer._update_ema()
+    assert trainer.ema_updates == 3
+    assert torch.allclose(trainer.ema_net.b2d_out.weight, start + 4.0)
+    trainer.save()
+    export_weights(str(run / "last.pt"), None, str(tmp_path / "swa.pt"), half=False)
+    assert torch.allclose(torch.load(tmp_path / "swa.pt", weights_only=True)["stage1"]["b2d_out.weight"], start + 4.0)
+
+    resumed = Trainer(TrainConfig(out_dir=str(run), backbone="selecsls42b", ema_decay=0, swa_every=2))
+    assert resumed.ema_updates == 3 and torch.allclose(resumed.ema_net.b2d_out.weight, start + 4.0)
+    # a resume that switches to a moving average starts it afresh from the current weights
+    switched = Trainer(TrainConfig(out_dir=str(run), backbone="selecsls42b", ema_decay=0.9))
+    assert switched.ema_updates == 0 and torch.allclose(switched.ema_net.b2d_out.weight, start + 7.0)
+
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

@@ -36,7 +36,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv=a.dynconv, dynconv_budget=a.dynconv_budget, dynconv_weight=a.dynconv_weight,
                       dynconv_epochs=a.dynconv_epochs, dynconv_freeze=a.dynconv_freeze,
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
-                      channels_last=not a.no_channels_last, ema_decay=a.ema,
+                      channels_last=not a.no_channels_last, ema_decay=a.ema, swa_every=a.swa_every,
                       coco_repeat=a.coco_repeat, composite_prob=a.composite_prob, negative_prob=a.negative_prob, amp=a.amp,
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
@@ -55,6 +55,8 @@ def _stage1(a: argparse.Namespace) -> None:
                             f"--composite-prob {a.composite_prob}, sums to 1 at most", code=2)
     if not 0.0 <= a.ema < 1.0:
         fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=2)
+    if a.swa_every < 0:
+        fail("xnect-train", f"--swa-every {a.swa_every}: give a number of steps (0 = off)", code=2)
     if not 0.0 < a.dynconv_budget <= 1.0:
         fail("xnect-train", f"--dynconv-budget {a.dynconv_budget}: give a share of the cost in (0, 1]", code=2)
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
@@ -150,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     s1.add_argument("--ema", type=float, default=0.999, metavar="DECAY",
                     help="keep a moving average of the weights, evaluated and exported (default "
                          "%(default)s, about the last 1,000 steps; 0 = off)")
+    s1.add_argument("--swa-every", type=int, default=0, metavar="K",
+                    help="average the weights every K steps with equal weights (stochastic weight "
+                         "averaging) instead of --ema's moving average; export with --bn-crops")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)

@@ -86,6 +86,11 @@ class TrainConfig:
     # exported: it smooths the noise of batch-8 steps. The first 1/(1-decay) steps are a plain
     # running mean. 0 turns it off; runs with --dynconv-freeze have none (the network is fixed).
     ema_decay: float = 0.999
+    # Stochastic weight averaging: with K > 0 the averaged weights are the plain mean of the weights
+    # every K steps (all of this run's snapshots alike), in place of the moving average. The same
+    # slot as --ema: evaluated each epoch, checkpointed, exported. Session 18: the mean of four
+    # checkpoints 1,000-3,000 steps apart scored body AP 0.180 on coco_dev against 0.166-0.171 for each.
+    swa_every: int = 0
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
 
@@ -219,7 +224,7 @@ class Trainer:
             load_backbone_imagenet(self.net, cfg.backbone_weights)
             _logger.info("core initialised from %s", cfg.backbone_weights)
         self.ema_net: Stage1Net | None = None
-        if cfg.ema_decay > 0 and not cfg.dynconv_freeze:
+        if (cfg.ema_decay > 0 or cfg.swa_every > 0) and not cfg.dynconv_freeze:
             self.ema_net = copy.deepcopy(self.net).eval()
             self.ema_net.requires_grad_(False)
             if self._ema_state is not None:  # else it starts from the current weights
@@ -246,13 +251,19 @@ class Trainer:
             self.opt.load_state_dict(ck["optimizer"])
             self.warmup_from = int(ck.get("warmup_from", 0))
             self.dynconv_start = int(ck.get("dynconv_start", 0))
-            if ck.get("ema") is not None:
+            if ck.get("ema") is not None and ck.get("average", "ema") == self._average_kind:
                 self._ema_state = {k: v.float() if v.is_floating_point() else v for k, v in ck["ema"].items()}
                 self.ema_updates = int(ck.get("ema_updates", 0))
         else:  # a dense run continued with --dynconv: new parameters, fresh optimizer
             self.warmup_from = self.dynconv_start = self.step
         _logger.info("resumed %s at step %d", path, self.step)
         return True
+
+    @property
+    def _average_kind(self) -> str:
+        """What the averaged weights are: a moving average, or (--swa-every) a plain mean; a resumed
+        run that switches starts its average afresh."""
+        return "swa" if self.cfg.swa_every > 0 else "ema"
 
     def _load_stage1(self, state: dict[str, torch.Tensor]) -> bool:
         """Load Stage I weights; a dense state dict into a DynConv net leaves the new mask unit at
@@ -295,6 +306,7 @@ class Trainer:
               "stage1_config": self.net.cfg.to_dict()}
         if self.ema_net is not None:
             ck["ema"], ck["ema_updates"] = self.ema_net.state_dict(), self.ema_updates
+            ck["average"] = self._average_kind
         tmp = self.out / "last.pt.tmp"
         torch.save(ck, tmp)
         os.replace(tmp, self.out / "last.pt")
@@ -379,8 +391,8 @@ class Trainer:
                 loss.backward()
                 nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
                 self.opt.step()
-                self._update_ema()
                 self.step += 1
+                self._update_ema()
                 n += 1
                 for k, v in parts.items():
                     sums[k] = sums.get(k, 0.0) + v
@@ -433,7 +445,12 @@ class Trainer:
     def _update_ema(self) -> None:
         if self.ema_net is None:
             return
-        decay = min(self.cfg.ema_decay, self.ema_updates / (self.ema_updates + 1))
+        if self.cfg.swa_every > 0:
+            if self.step % self.cfg.swa_every:
+                return
+            decay = self.ema_updates / (self.ema_updates + 1)
+        else:
+            decay = min(self.cfg.ema_decay, self.ema_updates / (self.ema_updates + 1))
         self.ema_updates += 1
         torch._foreach_lerp_(list(self.ema_net.parameters()), list(self.net.parameters()), 1.0 - decay)
         for avg, cur in zip(self.ema_net.buffers(), self.net.buffers()):
