@@ -94,10 +94,10 @@ def test_flip_and_scales_are_dense_only():
     assert PoseEstimator(random_init=True, dynconv="motion", test_scales=(1.0,), torch_thread=False).dynconv
 
 
-def test_scales_run_on_both_backends_with_the_same_result():
+def test_scales_and_a_reduced_mirror_run_on_both_backends_with_the_same_result():
     frame = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
-    kw = dict(random_init=True, input_size=(128, 80), test_scales=(1, 0.75, 0.5), flip_test=True,
-              tracking=False, torch_thread=False)
+    kw = dict(random_init=True, input_size=(128, 80), test_scales=(1, 0.75, 0.5), flip_test=True, flip_scale=0.75,
+              tracking=False, torch_thread=False, precision="fp32")
     torch_est = PoseEstimator(**kw)
     ort_est = PoseEstimator.from_networks(torch_est.stage1, torch_est.stage2, backend="onnxruntime",
                                           **{k: v for k, v in kw.items() if k != "random_init"})
@@ -107,6 +107,30 @@ def test_scales_run_on_both_backends_with_the_same_result():
     for x, y in zip(a, b):
         assert x.shape[-2:] == (10, 16)
         np.testing.assert_allclose(x, y, atol=2e-3)
+
+
+def test_a_reduced_mirror_is_resampled_and_averaged_with_the_full_size_pass():
+    frame = np.random.default_rng(1).integers(0, 255, (80, 128, 3), np.uint8)
+    est = PoseEstimator(random_init=True, input_size=(128, 80), flip_test=True, flip_scale=0.5, tracking=False,
+                        torch_thread=False, precision="fp32")
+    assert est.settings()["flip_scale"] == 0.5
+    with torch.inference_mode():
+        got = est._dense_maps([frame])
+        plain = est._one_pass([frame])
+        small = np.ascontiguousarray(cv2.resize(frame, scaled_size((128, 80), 0.5), interpolation=cv2.INTER_AREA)[:, ::-1])
+        back = resize_maps(unmirror_maps(*est._one_pass([small])), (16, 10))
+    for g, a, b in zip(got, plain, back):
+        assert g.shape == a.shape and np.abs(a - b).max() > 1e-3  # the mirror's maps do differ
+        np.testing.assert_allclose(g, (a + b) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="flip scale"):
+        PoseEstimator(random_init=True, flip_test=True, flip_scale=1.5, torch_thread=False)
+
+
+def test_flip_scale_on_the_command_line(capsys):
+    from xnect_app.cli.eval import main
+    with pytest.raises(SystemExit) as e:
+        main(["coco", str(COCO_DEV), "--flip-scale", "1.5"])
+    assert e.value.code == 2 and "--flip-scale" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(not COCO_DEV.is_dir() or not default_weights_path().is_file(),
@@ -141,7 +165,7 @@ def test_bench_times_every_setting_on_the_same_frames(tmp_path, capsys):
     assert main(["tta", "--video", str(clip_path()), "--frames", "2", "--input-size", "256x160",
                  "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert [r["setting"] for r in rows] == ["single pass", "--flip", "--scales 1,0.75,0.5",
+    assert [r["setting"] for r in rows] == ["single pass", "--flip", "--flip-scale 0.625", "--scales 1,0.75,0.5",
                                             "--flip --scales 1,0.75,0.5"]
     assert rows[0]["stage1_ratio"] == 1.0 and all(r["stage1_ms"] > 0 for r in rows)
     assert rows[0]["people_per_frame"] >= 1  # two people walk in this clip

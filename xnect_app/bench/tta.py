@@ -1,4 +1,5 @@
-"""Test-time augmentation cost: one pass vs flip, scales and both, side by side on one video.
+"""Test-time augmentation cost: one pass vs flip (full or reduced mirror), scales and both, side by side
+on one video.
 
 The same frames go through each setting in turn (frame 1 through all settings, then frame 2, ...),
 so a busy machine slows them alike and the ratios to the single pass hold. Times are medians per
@@ -21,17 +22,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli, scale_list
+from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction, run_cli,
+                              scale_list)
 from .frames import read_frames
 from .pipeline import DEFAULT_VIDEO
 
 _log = logging.getLogger(__name__)
 
 
-def settings(scales: tuple[float, ...]) -> list[tuple[str, dict[str, Any]]]:
+def settings(scales: tuple[float, ...], flip_scale: float = 0.625) -> list[tuple[str, dict[str, Any]]]:
     s = ",".join(f"{v:g}" for v in scales)
-    return [("single pass", {}), ("--flip", {"flip_test": True}), (f"--scales {s}", {"test_scales": scales}),
-            (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
+    return [("single pass", {}), ("--flip", {"flip_test": True}),
+            (f"--flip-scale {flip_scale:g}", {"flip_test": True, "flip_scale": flip_scale}),
+            (f"--scales {s}", {"test_scales": scales}), (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
 
 
 def run_tta_bench(frames: list[np.ndarray], estimators: list[tuple[str, Any]], warmup: int = 2) -> list[dict]:
@@ -75,6 +78,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--start", type=int, default=0, help="first frame")
     p.add_argument("--bench-scales", type=scale_list, default=(1.0, 0.75, 0.5), metavar="S,S,...",
                    help="the scales compared (default 1,0.75,0.5)")
+    p.add_argument("--bench-flip-scale", type=fraction, default=0.625, metavar="S",
+                   help="the --flip-scale compared (default %(default)s)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
     add_model_args(p)
@@ -84,8 +89,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     if not Path(args.video).is_file():
         raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
-    if args.flip or args.scales or args.dynconv:
-        raise UserError("this bench compares the settings itself: leave out --flip, --scales and --dynconv")
+    if args.flip or args.flip_scale or args.scales or args.dynconv:
+        raise UserError("this bench compares the settings itself: leave out --flip, --flip-scale, --scales and "
+                        "--dynconv")
     if args.frames < 1:
         raise UserError("--frames must be at least 1")
     if args.threads:
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         kw.pop(key, None)
     estimators = [(name, base if not extra else
                    type(base).from_networks(base.stage1, base.stage2, **kw, **extra))
-                  for name, extra in settings(tuple(args.bench_scales))]
+                  for name, extra in settings(tuple(args.bench_scales), args.bench_flip_scale)]
     frames = read_frames(args.video, args.frames, args.start)
     _log.info("timing %d settings on %d frames", len(estimators), len(frames))
     rows = run_tta_bench(frames, estimators)

@@ -23,12 +23,14 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_precision_arg, fail, fraction, input_size, scale_list,
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, fraction, input_size, scale_list,
                          score)
 
 
 def _augmentation(a: argparse.Namespace) -> str:
-    parts = (["flip test"] if a.flip else []) + ([f"scales {','.join(f'{s:g}' for s in a.scales)}"] if a.scales else [])
+    flip = (["flip test" + (f" (mirror at {a.flip_scale:g})" if a.flip_scale else "")]
+            if a.flip or a.flip_scale else [])
+    parts = flip + ([f"scales {','.join(f'{s:g}' for s in a.scales)}"] if a.scales else [])
     return f" with {' and '.join(parts)}" if parts else ""
 
 
@@ -42,7 +44,8 @@ def _coco(a: argparse.Namespace) -> None:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
               min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
-              flip_test=a.flip, test_scales=a.scales or (1.0,), precision=a.precision)
+              flip_test=a.flip or a.flip_scale is not None, flip_scale=a.flip_scale or 1.0,
+              test_scales=a.scales or (1.0,), precision=a.precision)
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
@@ -58,6 +61,7 @@ def _coco(a: argparse.Namespace) -> None:
     res["input_size"] = "x".join(map(str, a.input_size))
     res["dynconv"] = bool(a.dynconv)
     res["flip_test"] = est.flip_test
+    res["flip_scale"] = est.flip_scale
     res["test_scales"] = list(est.test_scales)
     res["precision"] = est.precision
     if a.json:
@@ -101,8 +105,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="run the DynConv sparse path with the weights' mask unit (motion masks need video)")
     c.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
                    help="with --dynconv, compute at most this share of each image")
-    c.add_argument("--flip", action="store_true",
-                   help="flip test: average Stage I over the image and its mirror (twice the Stage I time)")
+    add_flip_arg(c)
     c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
                    help="multi-scale test: Stage I at these multiples of --input-size, fused (e.g. 1,0.75,0.5)")
     add_precision_arg(c)
