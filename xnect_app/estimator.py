@@ -141,8 +141,8 @@ class PoseEstimator:
         flip_test: also run Stage I on the mirrored frame and average the two (pose.tta):
             more accurate 2D at twice the Stage I time (batch processing, evaluation); dense only.
         flip_scale: with flip_test, the mirrored pass runs at this multiple of each test scale's
-            size and its maps are resampled before the average: 0.625 costs about 1.4x a single pass
-            instead of 2x (default 1: the mirror at full size).
+            size and its maps are resampled before the average: 0.625 costs about 1.6x a single pass
+            instead of 2x, but people too small for the mirror fade (default 1: the mirror at full size).
         test_scales: run Stage I at these multiples of input_size and fuse the maps (pose.tta),
             e.g. (1, 0.75, 0.5): more accurate for large people, 2x the Stage I time; dense
             only. Default (1,): one pass.

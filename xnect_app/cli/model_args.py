@@ -120,8 +120,8 @@ def add_flip_arg(group) -> None:
                             "2D at twice the Stage I time; not with --dynconv)")
     group.add_argument("--flip-scale", type=fraction,
                        default=None, metavar="S",
-                       help="flip test with the mirror at S times the size, e.g. 0.625: about 1.4x the Stage I time "
-                            "instead of 2x (implies --flip)")
+                       help="flip test with the mirror at S times the size, e.g. 0.625: about 1.6x the Stage I time "
+                            "instead of 2x, for large people (small ones fade; implies --flip)")
 
 
 def add_precision_arg(group) -> None:
