@@ -294,6 +294,30 @@ def test_weight_averaging_every_k_steps_is_a_plain_mean_of_the_snapshots(tmp_pat
     assert switched.ema_updates == 0 and torch.allclose(switched.ema_net.b2d_out.weight, start + 7.0)
 
 
+def test_export_of_several_checkpoints_is_the_mean_of_their_weights(tmp_path):
+    from xnect_app.train.export import export_weights
+    from xnect_app.train.trainer import TrainConfig, Trainer
+
+    paths = []
+    for i, shift in enumerate((1.0, 3.0)):
+        trainer = Trainer(TrainConfig(out_dir=str(tmp_path / f"run{i}"), backbone="selecsls42b", ema_decay=0))
+        if i == 0:
+            start = trainer.net.b2d_out.weight.detach().clone()
+        with torch.no_grad():
+            trainer.net.b2d_out.weight.copy_(start + shift)
+        trainer.step = 100 * (i + 1)
+        trainer.save()
+        paths.append(str(tmp_path / f"run{i}" / "last.pt"))
+    export_weights(paths, None, str(tmp_path / "soup.pt"), half=False)
+    doc = torch.load(tmp_path / "soup.pt", weights_only=True)
+    assert torch.allclose(doc["stage1"]["b2d_out.weight"], start + 2.0)
+    assert doc["meta"]["stage1_source_steps"] == [100, 200] and doc["meta"]["stage1_step"] == 200
+    other = Trainer(TrainConfig(out_dir=str(tmp_path / "other"), backbone="selecsls60", ema_decay=0))
+    other.save()
+    with pytest.raises(ValueError, match="differs"):
+        export_weights([paths[0], str(tmp_path / "other" / "last.pt")], None, str(tmp_path / "bad.pt"))
+
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 

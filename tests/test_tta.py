@@ -117,7 +117,8 @@ def test_a_reduced_mirror_is_resampled_and_averaged_with_the_full_size_pass():
     with torch.inference_mode():
         got = est._dense_maps([frame])
         plain = est._one_pass([frame])
-        small = np.ascontiguousarray(cv2.resize(frame, scaled_size((128, 80), 0.5), interpolation=cv2.INTER_AREA)[:, ::-1])
+        small = cv2.resize(frame, scaled_size((128, 80), 0.5), interpolation=cv2.INTER_AREA)
+        small = np.ascontiguousarray(small[:, ::-1])
         back = resize_maps(unmirror_maps(*est._one_pass([small])), (16, 10))
     for g, a, b in zip(got, plain, back):
         assert g.shape == a.shape and np.abs(a - b).max() > 1e-3  # the mirror's maps do differ

@@ -538,8 +538,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench dynconv` would call)."""
     if args.flip or args.flip_scale or args.scales:
-        raise UserError("--flip, --flip-scale and --scales do not apply here: this bench times single dense and sparse "
-                        "Stage I passes")
+        raise UserError("--flip, --flip-scale and --scales do not apply here: this bench times single dense "
+                        "and sparse Stage I passes")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.checkpoint:

@@ -34,7 +34,8 @@ def settings(scales: tuple[float, ...], flip_scale: float = 0.625) -> list[tuple
     s = ",".join(f"{v:g}" for v in scales)
     return [("single pass", {}), ("--flip", {"flip_test": True}),
             (f"--flip-scale {flip_scale:g}", {"flip_test": True, "flip_scale": flip_scale}),
-            (f"--scales {s}", {"test_scales": scales}), (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
+            (f"--scales {s}", {"test_scales": scales}),
+            (f"--flip --scales {s}", {"flip_test": True, "test_scales": scales})]
 
 
 def run_tta_bench(frames: list[np.ndarray], estimators: list[tuple[str, Any]], warmup: int = 2) -> list[dict]:

@@ -23,8 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, fraction, input_size, scale_list,
-                         score)
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, fraction,
+                         input_size, scale_list, score)
 
 
 def _augmentation(a: argparse.Namespace) -> str:

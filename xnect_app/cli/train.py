@@ -76,7 +76,7 @@ def _stage2(a: argparse.Namespace) -> None:
 def _export(a: argparse.Namespace) -> None:
     from ..train.export import export_weights
 
-    for p in (a.stage1, *(a.stage2 or ()), a.mask_unit):
+    for p in (*a.stage1, *(a.stage2 or ()), a.mask_unit):
         if p and not Path(p).is_file():
             fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
     if a.bn_crops < 0:
@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                          "weights whose 3D branch does not help yet; `xnect-eval coco --teacher3d` tells)")
     s2.set_defaults(fn=_stage2)
     ex = sub.add_parser("export", help="write a weights file for PoseEstimator")
-    ex.add_argument("--stage1", required=True)
+    ex.add_argument("--stage1", required=True, nargs="+", metavar="CKPT",
+                    help="a `stage1` run's checkpoint or a weights file; several checkpoints of one network: "
+                         "the plain mean of their weights (e.g. a run's checkpoints a few thousand steps apart)")
     ex.add_argument("--stage2", nargs="+", metavar="CKPT",
                     help="a `stage2` run's checkpoint, or a weights file whose Stage II to keep "
                          "(e.g. models/xnect_selecsls60.pt); several: an ensemble that averages their poses")

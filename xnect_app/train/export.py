@@ -86,6 +86,14 @@ def _read_stage2_sources(paths: list[str]) -> tuple[dict, dict, list[int]]:
     return weights, cfg, steps
 
 
+def _weights_kind(ck: dict, averaged: bool) -> str:
+    if not averaged or ck.get("ema") is None:
+        return "raw"
+    if ck.get("average") == "swa":
+        return f"mean of {ck.get('ema_updates', 0)} snapshots (--swa-every)"
+    return "moving average"
+
+
 def _read_stage1(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
     """(weights, config, meta) of Stage I from a `stage1` training checkpoint or from a weights file
     (e.g. the one a lent GPU sends back, to add a mask unit fitted to it); a weights file keeps its
@@ -102,7 +110,7 @@ def _read_stage1(path: str, averaged: bool = True) -> tuple[dict, dict, dict]:
     s1, s1_cfg = _checkpoint_weights(ck, averaged)
     return s1, s1_cfg, {"stage1_step": int(ck.get("step", 0)), "dynconv_start": int(ck.get("dynconv_start", 0)),
                         "exported": today,
-                        "stage1_weights": "moving average" if averaged and ck.get("ema") is not None else "raw",
+                        "stage1_weights": _weights_kind(ck, averaged),
                         "history": ck.get("history", []), "config": ck.get("config", {})}
 
 
@@ -135,16 +143,38 @@ def recalibrate_bn(s1: dict, s1_cfg: dict, crops: int, data_root: str | os.PathL
     return {k: new[k] if k in new else v for k, v in s1.items()}
 
 
-def export_weights(stage1_ckpt: str, stage2_ckpt: str | list[str] | None, out: str, half: bool = True,
+def _read_stage1_sources(paths: list[str], averaged: bool = True) -> tuple[dict, dict, dict]:
+    """`_read_stage1` of one checkpoint, or for several the plain mean of their Stage I weights (a
+    "model soup" of one run's checkpoints: session 18's five scored coco_dev body AP 0.174 against
+    0.160-0.171 each); config and history from the last."""
+    if len(paths) == 1:
+        return _read_stage1(paths[0], averaged)
+    sources = [_read_stage1(p, averaged) for p in paths]
+    s1, cfg, meta = sources[-1]
+    for path, (other, other_cfg, _) in zip(paths, sources):
+        if other.keys() != s1.keys() or {**other_cfg, "dynconv": False} != {**cfg, "dynconv": False}:
+            raise ValueError(f"{path}: its Stage I differs from {paths[-1]}'s (backbone or heads); only "
+                             "checkpoints of one network can be averaged")
+    mean = {k: (sum(src[0][k].float() for src in sources) / len(sources) if v.is_floating_point() else v)
+            for k, v in s1.items()}
+    steps = [int(m.get("stage1_step", 0)) for _, _, m in sources]
+    kinds = ", ".join(m.get("stage1_weights", "?") for _, _, m in sources)
+    meta = {**meta, "stage1_source_steps": steps, "stage1_weights": f"mean of {len(paths)} checkpoints ({kinds})"}
+    return mean, cfg, meta
+
+
+def export_weights(stage1_ckpt: str | list[str], stage2_ckpt: str | list[str] | None, out: str, half: bool = True,
                    mask_unit_ckpt: str | None = None, averaged: bool = True, bn_crops: int = 0,
                    data_root: str | os.PathLike = "../shared/data") -> None:
-    """Write a weights file: Stage I (optionally with the mask unit of another run fitted to it,
-    `mask_unit_ckpt`) and Stage II (several `stage2_ckpt`: an ensemble averaging their poses);
+    """Write a weights file: Stage I (several `stage1_ckpt`: the mean of their weights; optionally
+    with the mask unit of another run fitted to it, `mask_unit_ckpt`) and Stage II (several
+    `stage2_ckpt`: an ensemble averaging their poses);
     float16 storage unless half=False. Stage I is the moving
     average of its weights when the checkpoint keeps one, unless averaged=False. With bn_crops,
     Stage I's BatchNorm statistics are first re-estimated on that many training crops (fit a mask
     unit to the result, not before)."""
-    s1, s1_cfg, meta = _read_stage1(stage1_ckpt, averaged)
+    s1, s1_cfg, meta = _read_stage1_sources([stage1_ckpt] if isinstance(stage1_ckpt, str) else list(stage1_ckpt),
+                                            averaged)
     if bn_crops:
         size = tuple(meta.get("config", {}).get("size") or (512, 320))
         s1 = recalibrate_bn(s1, s1_cfg, bn_crops, data_root, size=size)
