@@ -245,9 +245,11 @@ class PoseEstimator:
 
             self._ort = OnnxNetworks.from_networks(self.stage1, self.stage2, self.input_size, self.model_name,
                                                    threads=onnx_threads, providers=providers_for(device))
-        mirror_sizes = [scaled_size(sz, self.flip_scale) for sz in self._scale_sizes] \
-            if self.flip_test and self.flip_scale != 1.0 else []
-        if self._ort is not None and not all(self._ort.supports_size(sz) for sz in self._scale_sizes + mirror_sizes):
+        # the flip test's mirror size for each test scale's size
+        self._mirror_sizes = {sz: scaled_size(sz, self.flip_scale) if self.flip_scale != 1.0 else sz
+                              for sz in self._scale_sizes} if self.flip_test else {}
+        sizes = set(self._scale_sizes) | set(self._mirror_sizes.values())
+        if self._ort is not None and not all(self._ort.supports_size(sz) for sz in sizes):
             raise ValueError(f"test scales: the ONNX model in {onnx_dir} was exported for one fixed size")
         self._frame_index = 0
         self._stream: Stage3Stream | None = None
@@ -444,13 +446,13 @@ class PoseEstimator:
             batch = inputs if size == self.input_size else [
                 cv2.resize(img, size, interpolation=cv2.INTER_AREA if size[0] < w else cv2.INTER_LINEAR)
                 for img in inputs]
-            mirror_size = scaled_size(size, self.flip_scale) if self.flip_scale != 1.0 else size
-            if self.flip_test and mirror_size == size:
+            mirror_size = self._mirror_sizes.get(size)
+            if mirror_size == size:
                 batch = batch + [np.ascontiguousarray(img[:, ::-1]) for img in batch]
             maps = self._one_pass(batch)
-            if self.flip_test and mirror_size == size:
+            if mirror_size == size:
                 maps = average_with_mirror(*maps)
-            elif self.flip_test:
+            elif mirror_size is not None:
                 mirrored = [np.ascontiguousarray(cv2.resize(img, mirror_size, interpolation=cv2.INTER_AREA)[:, ::-1])
                             for img in batch]
                 back = resize_maps(unmirror_maps(*self._one_pass(mirrored)), (size[0] // STRIDE, size[1] // STRIDE))

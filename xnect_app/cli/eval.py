@@ -23,8 +23,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, fraction,
-                         input_size, scale_list, score)
+from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, flip_kwargs,
+                         fraction, input_size, scale_list, score)
 
 
 def _augmentation(a: argparse.Namespace) -> str:
@@ -44,8 +44,7 @@ def _coco(a: argparse.Namespace) -> None:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
               min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
-              flip_test=a.flip or a.flip_scale is not None, flip_scale=a.flip_scale or 1.0,
-              test_scales=a.scales or (1.0,), precision=a.precision)
+              test_scales=a.scales or (1.0,), precision=a.precision, **flip_kwargs(a))
     try:
         if a.checkpoint:
             est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)

@@ -124,6 +124,14 @@ def add_flip_arg(group) -> None:
                             "instead of 2x, for large people (small ones fade; implies --flip)")
 
 
+def flip_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """--flip / --flip-scale as PoseEstimator keywords ({} with neither)."""
+    scale = getattr(args, "flip_scale", None)
+    if not getattr(args, "flip", False) and scale is None:
+        return {}
+    return {"flip_test": True, "flip_scale": scale or 1.0}
+
+
 def add_precision_arg(group) -> None:
     group.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                        help="Stage I arithmetic on the CPU: bf16 (bfloat16, about 1.9x faster where the CPU has "
@@ -181,16 +189,14 @@ def estimator_kwargs(args: argparse.Namespace, **overrides: Any) -> dict[str, An
             raise UserError("--onnx-dir needs --backend onnxruntime")
         kw["onnx_dir"] = args.onnx_dir
     kw.update(dynconv_kwargs(args))
-    flip_scale = getattr(args, "flip_scale", None)
-    for flag, key, value in (("--flip", "flip_test", getattr(args, "flip", False) or flip_scale is not None or None),
-                             ("--scales", "test_scales", getattr(args, "scales", None))):
-        if value is None:
-            continue
-        if kw.get("dynconv"):
+    flip = flip_kwargs(args)
+    scales = getattr(args, "scales", None)
+    for flag, given in (("--flip", bool(flip)), ("--scales", scales is not None)):
+        if given and kw.get("dynconv"):
             raise UserError(f"{flag} runs Stage I on whole frames: it cannot be combined with --dynconv")
-        kw[key] = value
-    if flip_scale is not None:
-        kw["flip_scale"] = flip_scale
+    kw.update(flip)
+    if scales is not None:
+        kw["test_scales"] = scales
     kw.update(overrides)
     return kw
 

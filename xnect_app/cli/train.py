@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> None:
                          "%(default)s, about the last 1,000 steps; 0 = off)")
     s1.add_argument("--swa-every", type=int, default=0, metavar="K",
                     help="average the weights every K steps with equal weights (stochastic weight "
-                         "averaging) instead of --ema's moving average; export with --bn-crops")
+                         "averaging) instead of --ema's moving average (BatchNorm statistics are averaged too; export --bn-crops "
+                         "re-estimates them)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)

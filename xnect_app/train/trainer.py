@@ -89,7 +89,7 @@ class TrainConfig:
     # Stochastic weight averaging: with K > 0 the averaged weights are the plain mean of the weights
     # every K steps (all of this run's snapshots alike), in place of the moving average. The same
     # slot as --ema: evaluated each epoch, checkpointed, exported. Session 18: the mean of four
-    # checkpoints 1,000-3,000 steps apart scored body AP 0.180 on coco_dev against 0.166-0.171 for each.
+    # checkpoints 1,000-3,000 steps apart scored body AP 0.180 on coco_dev against 0.160-0.171 for each.
     swa_every: int = 0
     loss: dict[str, float] = field(default_factory=lambda: dataclasses.asdict(LossWeights()))
 
