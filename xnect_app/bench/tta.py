@@ -7,7 +7,7 @@ frame of Stage I (all its passes) and of the whole detect call; "people" counts 
 
 examples:
   xnect-bench tta --frames 20
-  xnect-bench tta --video clip.mp4 --scales 1,0.75,0.5 --threads 2 --json tta.json
+  xnect-bench tta --video clip.mp4 --bench-scales 1,0.75,0.5 --threads 2 --json tta.json
 """
 from __future__ import annotations
 
@@ -87,14 +87,19 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
-def run(args: argparse.Namespace) -> int:
-    if not Path(args.video).is_file():
-        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+def check_args(args: argparse.Namespace) -> None:
+    """Option combinations the bench refuses (a UserError), before any video is read."""
     if args.flip or args.flip_scale or args.scales or args.dynconv:
         raise UserError("this bench compares the settings itself: leave out --flip, --flip-scale, --scales and "
-                        "--dynconv")
+                        "--dynconv (--bench-scales and --bench-flip-scale choose what it compares)")
     if args.frames < 1:
         raise UserError("--frames must be at least 1")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_args(args)
+    if not Path(args.video).is_file():
+        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
     if args.threads:
         torch.set_num_threads(args.threads)
     kw = estimator_kwargs(args, tracking=False)
