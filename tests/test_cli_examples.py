@@ -1,14 +1,19 @@
-"""Every example command in the tools' --help texts is one the tool accepts (a user copies them)."""
+"""Every example command in the tools' --help texts and in the documentation is one the tool accepts
+(users copy them)."""
 from __future__ import annotations
 
 import importlib
 import re
 import shlex
+from pathlib import Path
 
 import pytest
 
 from xnect_app.bench import tta
-from xnect_app.cli import bench, demo, export, process
+from xnect_app.cli import bench, demo, eval as eval_cli, export, process, server, train
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = ("README.md", "models/README.md", "docs/server.md")
 
 # module whose docstring holds examples -> how its example lines start
 EXAMPLE_SOURCES = {
@@ -19,7 +24,9 @@ EXAMPLE_SOURCES = {
     "xnect_app.bench.dynconv": "python -m xnect_app.bench.dynconv",
 }
 PARSERS = {"xnect-bench": bench.build_parser, "xnect-export": export.build_parser,
-           "xnect-process": process.build_parser, "xnect-demo": demo.build_parser}
+           "xnect-process": process.build_parser, "xnect-demo": demo.build_parser,
+           "xnect-server": server.build_parser, "xnect-train": train.build_parser,
+           "xnect-eval": eval_cli.build_parser}
 
 
 def example_lines() -> list[tuple[str, str]]:
@@ -32,6 +39,22 @@ def example_lines() -> list[tuple[str, str]]:
                 # drop a trailing comment: "  # what it does" or "  (machine 2 of 4)"
                 found.append((prefix, re.split(r"\s{2,}[#(]", line)[0]))
     return found
+
+
+def doc_commands() -> list[tuple[str, str]]:
+    """xnect-* commands of the documentation's code blocks, continuation lines joined (inline code spans
+    are prose: tool names and single options)."""
+    found = []
+    for doc in DOCS:
+        text = (REPO / doc).read_text()
+        blocks = [re.sub(r"\\\n\s*", " ", b) for b in re.findall(r"```[a-z]*\n(.*?)```", text, re.S)]
+        lines = [ln.strip() for b in blocks for ln in b.splitlines()]
+        for line in lines:
+            name = line.split(" ")[0]
+            if name in PARSERS:
+                line = re.split(r"\s+#", line)[0].rstrip(" &")
+                found.append((name, re.sub(r"\[(--[^\]]+)\]", r"\1", line)))  # "[--opt]": optional
+    return sorted(set(found))
 
 
 def parse(prefix: str, line: str):
@@ -48,15 +71,25 @@ def test_the_help_texts_have_examples():
     assert {"xnect-bench", "xnect-export", "xnect-process", "xnect-demo"} <= prefixes
 
 
-@pytest.mark.parametrize("prefix,line", example_lines(), ids=lambda v: v if " " in v and "-" in v else None)
+@pytest.mark.parametrize("prefix,line", example_lines())
 def test_example_is_accepted(prefix, line):
     try:
         args = parse(prefix, line)
     except SystemExit as e:  # argparse: 0 after --help, 2 on a bad option
         assert e.code == 0, f"{line!r} is refused by the parser"
         return
-    if getattr(args, "prog", "") == "xnect-bench tta" or prefix.endswith("bench.tta"):
+    if getattr(args, "prog", "") == "xnect-bench tta":
         tta.check_args(args)  # the options the bench refuses after parsing
+
+
+def test_the_docs_have_commands():
+    assert {p for p, _ in doc_commands()} >= {"xnect-demo", "xnect-process", "xnect-server", "xnect-train",
+                                              "xnect-eval"}
+
+
+@pytest.mark.parametrize("prefix,line", doc_commands())
+def test_documented_command_is_accepted(prefix, line):
+    test_example_is_accepted(prefix, line)
 
 
 def test_tta_bench_refuses_the_options_it_compares():

@@ -85,7 +85,7 @@ def _coco(a: argparse.Namespace) -> None:
                 print(f"  3D vs teacher      none of the {t['labelled_persons']} teacher-labelled people detected")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="xnect-eval", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -110,7 +110,11 @@ def main(argv: list[str] | None = None) -> None:
     add_precision_arg(c)
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not Path(a.path).exists():
         fail("xnect-eval", f"{a.path!r} does not exist", code=2)

@@ -89,7 +89,7 @@ def _export(a: argparse.Namespace) -> None:
     print(f"wrote {a.out}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     from ..train.losses import LossWeights
 
     ap = OneLineParser(prog="xnect-train", description=__doc__,
@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> None:
                          "about 1.5 min on 2 CPU cores; for a moving average from a GPU run)")
     ex.add_argument("--data-root", default="../shared/data", help="training data for --bn-crops")
     ex.set_defaults(fn=_export)
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         a.fn(a)
