@@ -51,11 +51,9 @@ from ..motion_mask import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurr
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
 from ..train.evaluate import coco_oks
-from .frames import read_frames
+from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
 
 _logger = logging.getLogger(__name__)
-
-DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
 
 
 # --------------------------------------------------------------------------- oracle mask
@@ -502,8 +500,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench dynconv`."""
     p = parser or argparse.ArgumentParser(prog="xnect-bench dynconv", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", default=str(DEFAULT_VIDEO),
-                   help="clip (default demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
+    add_video_arg(p)
     p.add_argument("--frames", type=non_negative_int, default=60, help="timed frames (default %(default)s)")
     p.add_argument("--start", type=non_negative_int, default=0, help="first frame of the clip")
     p.add_argument("--budget", type=fraction, default=1.0,

@@ -48,12 +48,11 @@ from ..estimator import PoseEstimator, default_weights_path, letterbox, load_wei
 from ..export import INT8_CALIBRATION_METHODS
 from ..nn.selecsls import prune
 from ..nn.stage1 import Stage1Config, Stage1Net
-from .frames import read_frames
+from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
 
 _logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_VIDEO = REPO / "demo_videos" / "vtest.avi"
 DEFAULT_DATA = REPO.parent / "shared" / "data"
 VARIANTS = ("fp32", "default", "folded-fp32", "bf16", "fused", "fused+pruned", "channels-last", "compiled", "ort",
             "ort-int8")
@@ -314,7 +313,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     src.add_argument("--random-weights", action="store_true", help="an untrained, seeded network")
     src.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
     src.add_argument("--backbone", default="selecsls60", help="SelecSLS variant for --random-weights")
-    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help="video (default: demo_videos/vtest.avi)")
+    add_video_arg(p)
     p.add_argument("--input-size", type=input_size, default=(512, 320), metavar="WxH", help="default 512x320")
     p.add_argument("--frames", type=int, default=12, help="frames per round (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=2, help="rounds over the frames (default: %(default)s)")

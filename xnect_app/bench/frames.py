@@ -1,12 +1,20 @@
 """Decoding the frames a benchmark runs on."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..cli.model_args import UserError
+
+DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
+
+
+def add_video_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO,
+                   help="video to run on (default: demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
 
 
 def read_frames(video: str | Path, count: int, start: int = 0, stride: int = 1) -> list[np.ndarray]:

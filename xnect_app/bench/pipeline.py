@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli
+from .frames import add_video_arg
 
-DEFAULT_VIDEO = Path(__file__).resolve().parents[2] / "demo_videos" / "vtest.avi"
 LOG = logging.getLogger(__name__)
 
 
@@ -171,8 +171,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench pipeline`."""
     p = parser or argparse.ArgumentParser(prog="xnect-bench pipeline", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", default=str(DEFAULT_VIDEO),
-                   help="video to run on (default: demo_videos/vtest.avi; fetch it with demo_videos/fetch_vtest.sh)")
+    add_video_arg(p)
     p.add_argument("--frames", type=int, default=150, help="frames per run")
     p.add_argument("--repeats", type=int, default=1, help="alternating runs per mode (best counts)")
     p.add_argument("--no-outputs", action="store_true", help="no overlay, JSON lines or MP4: inference only")

@@ -24,8 +24,7 @@ import torch
 
 from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction, run_cli,
                               scale_list)
-from .frames import read_frames
-from .pipeline import DEFAULT_VIDEO
+from .frames import add_video_arg, read_frames
 
 _log = logging.getLogger(__name__)
 
@@ -73,8 +72,7 @@ def format_report(rows: list[dict], size: tuple[int, int], n_frames: int, thread
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="xnect-bench tta", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--video", default=str(DEFAULT_VIDEO),
-                   help="video to run on (default: demo_videos/vtest.avi; fetch it with demo_videos/fetch_vtest.sh)")
+    add_video_arg(p)
     p.add_argument("--frames", type=int, default=20, help="timed frames per setting")
     p.add_argument("--start", type=int, default=0, help="first frame")
     p.add_argument("--bench-scales", type=scale_list, default=(1.0, 0.75, 0.5), metavar="S,S,...",
