@@ -19,6 +19,7 @@ DOCS = ("README.md", "models/README.md", "docs/server.md")
 EXAMPLE_SOURCES = {
     "xnect_app.cli.bench": "xnect-bench", "xnect_app.cli.export": "xnect-export",
     "xnect_app.cli.process": "xnect-process", "xnect_app.cli.demo": "xnect-demo",
+    "xnect_app.cli.train": "xnect-train", "xnect_app.cli.eval": "xnect-eval",
     "xnect_app.bench.tta": "xnect-bench",
     "xnect_app.bench.pipeline": "python -m xnect_app.bench.pipeline",
     "xnect_app.bench.dynconv": "python -m xnect_app.bench.dynconv",
@@ -36,9 +37,15 @@ def example_lines() -> list[tuple[str, str]]:
         for line in doc.splitlines():
             line = line.strip()
             if line.startswith(prefix + " ") or line == prefix:
-                # drop a trailing comment: "  # what it does" or "  (machine 2 of 4)"
-                found.append((prefix, re.split(r"\s{2,}[#(]", line)[0]))
+                found.append((prefix, _clean(line)))
     return found
+
+
+def _clean(line: str) -> str:
+    """A command without its trailing comment ("  # what it does", "  (machine 2 of 4)", a shell "&") and
+    with "[--opt value]" (optional parts) kept as plain options."""
+    line = re.split(r"\s+#|\s{2,}\(", line)[0].rstrip(" &")
+    return re.sub(r"\[(--[^\]]+)\]", r"\1", line)
 
 
 def doc_commands() -> list[tuple[str, str]]:
@@ -52,8 +59,7 @@ def doc_commands() -> list[tuple[str, str]]:
         for line in lines:
             name = line.split(" ")[0]
             if name in PARSERS:
-                line = re.split(r"\s+#", line)[0].rstrip(" &")
-                found.append((name, re.sub(r"\[(--[^\]]+)\]", r"\1", line)))  # "[--opt]": optional
+                found.append((name, _clean(line)))
     return sorted(set(found))
 
 

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xnect_app.train.evaluate import coco_ap, evaluate_coco, load_coco_json, mupots_errors, pck, pck3d_summary
+from xnect_app.train.evaluate import (bootstrap_ap, coco_ap, evaluate_coco, load_coco_json, mupots_errors, pck,
+                                     pck3d_summary, resample_images)
 from xnect_app.types import FrameResult
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
@@ -36,6 +37,34 @@ def test_ground_truth_as_predictions_scores_perfectly_and_a_shift_scores_lower()
     assert shifted["ap_medium"] < shifted["ap_large"] - 0.1
     assert pck(data, _gt_as_results(data)) == pytest.approx(1.0)
     assert pck(data, []) == 0.0
+
+
+def test_resampled_images_keep_their_people_and_detections():
+    data, _ = load_coco_json(COCO_DEV)
+    res = _gt_as_results(data, shift=3.0)
+    for i, r in enumerate(res):  # distinct scores: COCOeval breaks ties by the results' order
+        r["score"] = 1.0 - 0.001 * i
+    ids = [im["id"] for im in data["images"]]
+    same_gt, same_res = resample_images(data, res, ids)
+    assert coco_ap(same_gt, same_res)["ap"] == pytest.approx(coco_ap(data, res)["ap"])
+    twice_gt, twice_res = resample_images(data, res, [ids[0], ids[0], ids[1]])
+    n0 = sum(a["image_id"] == ids[0] for a in data["annotations"])
+    n1 = sum(a["image_id"] == ids[1] for a in data["annotations"])
+    assert len(twice_gt["images"]) == 3 and len(twice_gt["annotations"]) == 2 * n0 + n1
+    assert len({a["id"] for a in twice_gt["annotations"]}) == len(twice_gt["annotations"])
+    assert {r["image_id"] for r in twice_res} <= {1, 2, 3}
+
+
+def test_bootstrap_interval_and_paired_difference():
+    data, _ = load_coco_json(COCO_DEV)
+    exact, shifted = _gt_as_results(data), _gt_as_results(data, shift=6.0)
+    self_vs_self = bootstrap_ap(data, shifted, 30, baseline=shifted)
+    assert self_vs_self["diff"] == self_vs_self["diff_low"] == self_vs_self["diff_high"] == 0.0
+    assert self_vs_self["higher_share"] == 0.0
+    assert self_vs_self["ap_low"] < coco_ap(data, shifted, tuple(range(5, 17)))["ap"] < self_vs_self["ap_high"]
+    better = bootstrap_ap(data, exact, 30, baseline=shifted)
+    assert better["diff_low"] > 0 and better["higher_share"] == 1.0
+    assert better["ap_low"] > 0.95  # near perfect on every draw (people labelled on the face alone)
 
 
 def test_evaluate_coco_runs_an_estimator_over_every_image():
@@ -114,6 +143,9 @@ def test_teacher_3d_agreement_matches_people_and_separates_pose_from_rotation_an
     ("eval", ["coco", "/no/such/folder"]),
     ("eval", ["coco", str(COCO_DEV), "--weights", "/no/such.pt"]),
     ("eval", ["coco", str(COCO_DEV), "--input-size", "100x3"]),
+    ("eval", ["coco", str(COCO_DEV), "--against", "/no/such.pt"]),
+    ("eval", ["coco", str(COCO_DEV), "--against", "models/xnect_selecsls60.pt", "--bootstrap", "0"]),
+    ("eval", ["coco", str(COCO_DEV), "--bootstrap", "-5"]),
     ("train", ["stage1", "--data-root", "/no/such/folder"]),
     ("train", ["export", "--stage1", "/no/such.pt"]),
 ])

@@ -116,6 +116,52 @@ def coco_ap(gt: dict[str, Any], results: list[dict[str, Any]], joints: tuple[int
             "ap_medium": float(max(s[3], 0)), "ap_large": float(max(s[4], 0)), "ar": float(max(s[5], 0))}
 
 
+def resample_images(gt: dict[str, Any], results: list[dict[str, Any]], image_ids: list[int]
+                    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The set and its results over `image_ids`, repeats allowed: each draw becomes an image of its own."""
+    anns: dict[int, list] = {}
+    for a in gt["annotations"]:
+        anns.setdefault(a["image_id"], []).append(a)
+    dets: dict[int, list] = {}
+    for r in results:
+        dets.setdefault(r["image_id"], []).append(r)
+    images = {im["id"]: im for im in gt["images"]}
+    out_gt = {**gt, "images": [], "annotations": []}
+    out_res = []
+    for new_id, iid in enumerate(image_ids, 1):
+        out_gt["images"].append({**images[iid], "id": new_id})
+        for a in anns.get(iid, []):
+            out_gt["annotations"].append({**a, "image_id": new_id, "id": len(out_gt["annotations"]) + 1})
+        out_res += [{**r, "image_id": new_id} for r in dets.get(iid, [])]
+    return out_gt, out_res
+
+
+def bootstrap_ap(gt: dict[str, Any], results: list[dict[str, Any]], resamples: int,
+                 baseline: list[dict[str, Any]] | None = None, joints: tuple[int, ...] | None = skeleton.COCO17_BODY,
+                 level: float = 0.9, seed: int = 0) -> dict[str, float]:
+    """How far the AP could move on another draw of images like these: the AP over `resamples` draws of
+    the set's images with replacement, and its central `level` interval. With `baseline` (another model's
+    results on the same images) also the paired difference, results - baseline, on the same draws, and the
+    share of draws in which `results` scores higher."""
+    rng = np.random.default_rng(seed)
+    ids = [im["id"] for im in gt["images"]]
+    aps, diffs = [], []
+    for _ in range(resamples):
+        draw = [ids[i] for i in rng.integers(0, len(ids), len(ids))]
+        g, r = resample_images(gt, results, draw)
+        aps.append(coco_ap(g, r, joints)["ap"])
+        if baseline is not None:
+            diffs.append(aps[-1] - coco_ap(*resample_images(gt, baseline, draw), joints)["ap"])
+    tail = (1 - level) / 2 * 100
+    out = {"resamples": resamples, "level": level,
+           "ap_low": float(np.percentile(aps, tail)), "ap_high": float(np.percentile(aps, 100 - tail))}
+    if baseline is not None:
+        out.update(diff=coco_ap(gt, results, joints)["ap"] - coco_ap(gt, baseline, joints)["ap"],
+                   diff_low=float(np.percentile(diffs, tail)), diff_high=float(np.percentile(diffs, 100 - tail)),
+                   higher_share=float(np.mean(np.array(diffs) > 0)))
+    return out
+
+
 def pck(gt: dict[str, Any], results: list[dict[str, Any]], alpha: float = 0.2) -> float:
     """PCK of the 12 body joints: each GT person matched to the prediction with the most joints
     within alpha x torso-scale (box diagonal fallback); fraction of labelled joints found."""
@@ -144,9 +190,10 @@ def pck(gt: dict[str, Any], results: list[dict[str, Any]], alpha: float = 0.2) -
 
 
 def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
-                  teacher3d: str | Path | None = None) -> dict[str, Any]:
+                  teacher3d: str | Path | None = None, keep_results: bool = False) -> dict[str, Any]:
     """COCO AP / PCK; with `teacher3d` (a teacher label file of the same people, made by
-    `python -m xnect_app.train.teacher --for-eval`) also the 3D agreement with the teacher."""
+    `python -m xnect_app.train.teacher --for-eval`) also the 3D agreement with the teacher; with
+    `keep_results` the detections too ("results", COCO results format, for `bootstrap_ap`)."""
     data, img_dir = load_coco_json(coco_dir)
     people: dict[int, list] = {}
     shares: list[float] = []
@@ -164,6 +211,8 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
     if teacher3d is not None:
         from .teacher import TeacherLabels
         out["teacher3d"] = teacher_3d_agreement(data, people, TeacherLabels.load(teacher3d))
+    if keep_results:
+        out["results"] = results
     return out
 
 
