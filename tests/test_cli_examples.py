@@ -77,8 +77,7 @@ def test_the_help_texts_have_examples():
     assert {"xnect-bench", "xnect-export", "xnect-process", "xnect-demo"} <= prefixes
 
 
-@pytest.mark.parametrize("prefix,line", example_lines())
-def test_example_is_accepted(prefix, line):
+def assert_accepted(prefix: str, line: str) -> None:
     try:
         args = parse(prefix, line)
     except SystemExit as e:  # argparse: 0 after --help, 2 on a bad option
@@ -88,6 +87,11 @@ def test_example_is_accepted(prefix, line):
         tta.check_args(args)  # the options the bench refuses after parsing
 
 
+@pytest.mark.parametrize("prefix,line", example_lines())
+def test_example_is_accepted(prefix, line):
+    assert_accepted(prefix, line)
+
+
 def test_the_docs_have_commands():
     assert {p for p, _ in doc_commands()} >= {"xnect-demo", "xnect-process", "xnect-server", "xnect-train",
                                               "xnect-eval"}
@@ -95,7 +99,7 @@ def test_the_docs_have_commands():
 
 @pytest.mark.parametrize("prefix,line", doc_commands())
 def test_documented_command_is_accepted(prefix, line):
-    test_example_is_accepted(prefix, line)
+    assert_accepted(prefix, line)
 
 
 def test_tta_bench_refuses_the_options_it_compares():

@@ -43,7 +43,7 @@ def _coco(a: argparse.Namespace) -> None:
     from ..train.evaluate import bootstrap_ap, evaluate_coco, load_coco_json
 
     try:
-        load_coco_json(a.path)
+        data, _ = load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
@@ -70,7 +70,6 @@ def _coco(a: argparse.Namespace) -> None:
             fail("xnect-eval", f"--against: {e}", code=2)
     res = evaluate_coco(est, a.path, teacher3d=a.teacher3d, keep_results=bool(resamples))
     if resamples:
-        data, _ = load_coco_json(a.path)
         base = None
         if against is not None:
             other = evaluate_coco(against, a.path, keep_results=True)

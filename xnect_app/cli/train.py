@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "%(default)s, about the last 1,000 steps; 0 = off)")
     s1.add_argument("--swa-every", type=int, default=0, metavar="K",
                     help="average the weights every K steps with equal weights (stochastic weight "
-                         "averaging) instead of --ema's moving average (BatchNorm statistics are averaged too; export --bn-crops "
-                         "re-estimates them)")
+                         "averaging) instead of --ema's moving average (BatchNorm statistics are averaged "
+                         "too; on session 18's mean that scored higher than export --bn-crops 400)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.set_defaults(fn=_stage1)
