@@ -1,4 +1,5 @@
 """COCO AP / PCK and the MuPoTS 3D protocol helpers."""
+import json
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +147,7 @@ def test_teacher_3d_agreement_matches_people_and_separates_pose_from_rotation_an
     ("eval", ["coco", str(COCO_DEV), "--against", "/no/such.pt"]),
     ("eval", ["coco", str(COCO_DEV), "--against", "models/xnect_selecsls60.pt", "--bootstrap", "0"]),
     ("eval", ["coco", str(COCO_DEV), "--bootstrap", "-5"]),
+    ("eval", ["coco", str(COCO_DEV), "--against-plain"]),  # nothing to compare: no --flip or --scales
     ("train", ["stage1", "--data-root", "/no/such/folder"]),
     ("train", ["export", "--stage1", "/no/such.pt"]),
 ])
@@ -158,3 +160,27 @@ def test_train_and_eval_reject_bad_input_in_one_line(main_name, argv, capsys):
     assert ex.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "error:" in err[-1] and "Traceback" not in "\n".join(err)
+
+
+def test_against_plain_compares_the_flip_test_with_the_same_weights_without_it(tmp_path, capsys):
+    from xnect_app.cli.eval import main
+
+    data, _ = load_coco_json(COCO_DEV)
+    keep = {im["id"] for im in data["images"][:4]}
+    subset = {**data, "images": [im for im in data["images"] if im["id"] in keep],
+              "annotations": [a for a in data["annotations"] if a["image_id"] in keep]}
+    (tmp_path / "person_keypoints.json").write_text(json.dumps(subset))
+    (tmp_path / "images").symlink_to(COCO_DEV / "images")
+
+    def run(*options):
+        main(["coco", str(tmp_path), "--json", *options])
+        return json.loads(capsys.readouterr().out)
+
+    plain, flip = run(), run("--flip")
+    assert flip["ap_body"] != plain["ap_body"]
+    compared = run("--flip", "--against-plain", "--bootstrap", "20")
+    assert compared["flip_test"] and compared["ap_body"] == flip["ap_body"]
+    assert compared["against"] == {"model": flip["model"], "ap_body": plain["ap_body"],
+                                   "test_time_augmentation": False}
+    assert compared["bootstrap"]["diff"] == pytest.approx(flip["ap_body"] - plain["ap_body"])
+    assert compared["bootstrap"]["resamples"] == 20

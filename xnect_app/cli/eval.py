@@ -8,13 +8,15 @@ Examples:
     xnect-eval coco ../shared/data/coco_dev --flip                # flip test (image + mirror)
     xnect-eval coco ../shared/data/coco_dev --scales 1,0.75,0.5   # multi-scale test
     xnect-eval coco ../shared/data/coco_dev --weights new.pt --against models/xnect_selecsls60.pt
+    xnect-eval coco ../shared/data/coco_dev --flip --against-plain  # what the flip test gains
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --bootstrap N adds the interval the body AP would move in over draws
 of images like these (resampled with replacement); --against W compares with weights W on the same
-draws (the difference, its interval, and how often the first scores higher): on 46 images a
-difference of 0.01 is often noise. --teacher3d adds the root-relative 3D error against the BlazePose
-teacher's metric 3D of the same people (no 3D ground truth needed):
+draws (the difference, its interval, and how often the first scores higher), --against-plain with
+the same weights without test-time augmentation: on 46 images a difference of 0.01 is often noise.
+--teacher3d adds the root-relative 3D error against the BlazePose teacher's metric 3D of the same
+people (no 3D ground truth needed):
     xnect-eval coco ../shared/data/coco_dev --teacher3d data_cache/eval_teacher_coco_dev.npz
 MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in xnect_app.train.evaluate for users
 with that dataset.
@@ -59,22 +61,33 @@ def _coco(a: argparse.Namespace) -> None:
     if a.teacher3d and not Path(a.teacher3d).is_file():
         fail("xnect-eval", f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
                            "--for-eval --datasets NAME makes one)", code=2)
-    resamples = a.bootstrap if a.bootstrap is not None else (1000 if a.against else 0)
-    if a.against and not resamples:
-        fail("xnect-eval", "--against compares on resampled images: leave out --bootstrap 0", code=2)
+    compare = bool(a.against or a.against_plain)
+    if a.against_plain and not (flip_kwargs(a) or a.scales):
+        fail("xnect-eval", "--against-plain compares test-time augmentation with none: add --flip, --flip-scale "
+                           "or --scales", code=2)
+    resamples = a.bootstrap if a.bootstrap is not None else (1000 if compare else 0)
+    if compare and not resamples:
+        fail("xnect-eval", "--against / --against-plain compare on resampled images: leave out --bootstrap 0", code=2)
     against = None
-    if a.against:
+    if compare:
+        plain_kw = {k: v for k, v in kw.items() if k not in ("flip_test", "flip_scale")} | {"test_scales": (1.0,)}
+        option = "--against" if a.against else "--against-plain"
         try:
-            against = PoseEstimator(weights=a.against, **kw)
+            if a.against:
+                against = PoseEstimator(weights=a.against, **(plain_kw if a.against_plain else kw))
+            else:
+                against = PoseEstimator.from_checkpoint(a.checkpoint, **plain_kw) if a.checkpoint \
+                    else PoseEstimator(weights=a.weights, **plain_kw)
         except (FileNotFoundError, ValueError) as e:
-            fail("xnect-eval", f"--against: {e}", code=2)
+            fail("xnect-eval", f"{option}: {e}", code=2)
     res = evaluate_coco(est, a.path, teacher3d=a.teacher3d, keep_results=bool(resamples))
     if resamples:
         base = None
         if against is not None:
             other = evaluate_coco(against, a.path, keep_results=True)
             base = other.pop("results")
-            res["against"] = {"model": against.model_name, "ap_body": other["ap_body"]}
+            res["against"] = {"model": against.model_name, "ap_body": other["ap_body"],
+                              "test_time_augmentation": not a.against_plain and bool(flip_kwargs(a) or a.scales)}
         res["bootstrap"] = bootstrap_ap(data, res.pop("results"), resamples, baseline=base)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
@@ -96,7 +109,8 @@ def _coco(a: argparse.Namespace) -> None:
             print(f"  body AP interval   {b['ap_low']:.3f} to {b['ap_high']:.3f} ({b['level']:.0%} of "
                   f"{b['resamples']} draws of the images with replacement)")
         if "against" in res:
-            print(f"  against {res['against']['model']}: body AP {res['against']['ap_body']:.3f}; difference "
+            plain = " without test-time augmentation" if a.against_plain else ""
+            print(f"  against {res['against']['model']}{plain}: body AP {res['against']['ap_body']:.3f}; difference "
                   f"{b['diff']:+.3f} ({b['level']:.0%} interval {b['diff_low']:+.3f} to {b['diff_high']:+.3f}), "
                   f"higher in {b['higher_share']:.0%} of the draws")
         print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
@@ -142,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--against", metavar="WEIGHTS",
                    help="also evaluate WEIGHTS (same settings) and report the body AP difference on the "
                         "same draws (--bootstrap, default 1000)")
+    c.add_argument("--against-plain", action="store_true",
+                   help="compare with the same weights (or --against's) without --flip / --scales: what the "
+                        "test-time augmentation gains, on the same draws")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
     return ap
