@@ -48,21 +48,25 @@ def _coco(a: argparse.Namespace) -> None:
         data, _ = load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
         fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
-    kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
-              min_score=a.min_score, dynconv="learned" if a.dynconv else False, dynconv_budget=a.dynconv_budget,
-              test_scales=a.scales or (1.0,), precision=a.precision, **flip_kwargs(a))
+    plain_kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
+                    min_score=a.min_score, dynconv="learned" if a.dynconv else False,
+                    dynconv_budget=a.dynconv_budget, precision=a.precision)
+    augmented = bool(flip_kwargs(a) or a.scales)
+    kw = {**plain_kw, "test_scales": a.scales or (1.0,), **flip_kwargs(a)}
+
+    def evaluated_weights(**k) -> PoseEstimator:  # --checkpoint or --weights
+        return PoseEstimator.from_checkpoint(a.checkpoint, **k) if a.checkpoint else \
+            PoseEstimator(weights=a.weights, **k)
+
     try:
-        if a.checkpoint:
-            est = PoseEstimator.from_checkpoint(a.checkpoint, **kw)
-        else:
-            est = PoseEstimator(weights=a.weights, **kw)
+        est = evaluated_weights(**kw)
     except (FileNotFoundError, ValueError) as e:
         fail("xnect-eval", str(e), code=2)
     if a.teacher3d and not Path(a.teacher3d).is_file():
         fail("xnect-eval", f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
                            "--for-eval --datasets NAME makes one)", code=2)
     compare = bool(a.against or a.against_plain)
-    if a.against_plain and not (flip_kwargs(a) or a.scales):
+    if a.against_plain and not augmented:
         fail("xnect-eval", "--against-plain compares test-time augmentation with none: add --flip, --flip-scale "
                            "or --scales", code=2)
     resamples = a.bootstrap if a.bootstrap is not None else (1000 if compare else 0)
@@ -70,14 +74,11 @@ def _coco(a: argparse.Namespace) -> None:
         fail("xnect-eval", "--against / --against-plain compare on resampled images: leave out --bootstrap 0", code=2)
     against = None
     if compare:
-        plain_kw = {k: v for k, v in kw.items() if k not in ("flip_test", "flip_scale")} | {"test_scales": (1.0,)}
         option = "--against" if a.against else "--against-plain"
+        against_kw = plain_kw if a.against_plain else kw
         try:
-            if a.against:
-                against = PoseEstimator(weights=a.against, **(plain_kw if a.against_plain else kw))
-            else:
-                against = PoseEstimator.from_checkpoint(a.checkpoint, **plain_kw) if a.checkpoint \
-                    else PoseEstimator(weights=a.weights, **plain_kw)
+            against = PoseEstimator(weights=a.against, **against_kw) if a.against else \
+                evaluated_weights(**against_kw)
         except (FileNotFoundError, ValueError) as e:
             fail("xnect-eval", f"{option}: {e}", code=2)
     res = evaluate_coco(est, a.path, teacher3d=a.teacher3d, keep_results=bool(resamples))
@@ -87,7 +88,7 @@ def _coco(a: argparse.Namespace) -> None:
             other = evaluate_coco(against, a.path, keep_results=True)
             base = other.pop("results")
             res["against"] = {"model": against.model_name, "ap_body": other["ap_body"],
-                              "test_time_augmentation": not a.against_plain and bool(flip_kwargs(a) or a.scales)}
+                              "test_time_augmentation": augmented and not a.against_plain}
         res["bootstrap"] = bootstrap_ap(data, res.pop("results"), resamples, baseline=base)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
