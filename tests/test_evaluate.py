@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xnect_app.train.evaluate import (bootstrap_ap, coco_ap, evaluate_coco, load_coco_json, mupots_errors, pck,
-                                     pck3d_summary, resample_images)
+from xnect_app.train.evaluate import (ImageMatches, bootstrap_ap, coco_ap, evaluate_coco, load_coco_json,
+                                     mupots_errors, pck, pck3d_summary, resample_images)
 from xnect_app.types import FrameResult
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
@@ -54,6 +54,29 @@ def test_resampled_images_keep_their_people_and_detections():
     assert len(twice_gt["images"]) == 3 and len(twice_gt["annotations"]) == 2 * n0 + n1
     assert len({a["id"] for a in twice_gt["annotations"]}) == len(twice_gt["annotations"])
     assert {r["image_id"] for r in twice_res} <= {1, 2, 3}
+
+
+def test_a_draws_ap_from_kept_matches_equals_cocoeval_on_the_resampled_set():
+    data, _ = load_coco_json(COCO_DEV)
+    rng = np.random.default_rng(1)
+    data = {**data, "images": data["images"] + [{"id": 999_999, "file_name": "nobody.jpg", "width": 640,
+                                                  "height": 480}]}
+    res = []
+    for r in _gt_as_results(data):
+        k = np.array(r["keypoints"]).reshape(17, 3)
+        k[:, :2] += rng.normal(0, 8, (17, 2))
+        res.append({**r, "keypoints": k.ravel().tolist(), "score": float(rng.choice([0.5, 1.0]))})  # ties
+        if rng.uniform() < 0.3:  # a second, misplaced detection of the same person
+            res.append({**res[-1], "keypoints": (k + [40, 40, 0]).ravel().tolist()})
+    res.append({**res[0], "image_id": 999_999})  # a detection where nobody is
+    ids = [im["id"] for im in data["images"]]
+    for joints in (None, tuple(range(5, 17))):
+        kept = ImageMatches(data, res, joints)
+        assert kept.ap() == coco_ap(data, res, joints)["ap"]
+        for draw in ([ids[i] for i in rng.integers(0, len(ids), len(ids))] for _ in range(8)):
+            assert kept.ap(draw) == pytest.approx(coco_ap(*resample_images(data, res, draw), joints)["ap"], abs=1e-12)
+        assert kept.ap([999_999, 999_999]) == 0.0  # no people drawn
+    assert ImageMatches(data, [], None).ap(ids[:5]) == 0.0
 
 
 def test_bootstrap_interval_and_paired_difference():
