@@ -10,6 +10,7 @@ import _thread
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -82,6 +83,25 @@ class Collect(sinks.Sink):
             self.rendered.append(rendered)
 
 
+class Held(sources.Source):
+    """`inner`'s frames, each passed on once `gate(index)` returns: the test decides how far the
+    input gets, so it cannot end before the event under test."""
+
+    def __init__(self, inner: sources.Source, gate: Callable[[int], object]) -> None:
+        super().__init__()
+        self.inner, self.gate = inner, gate
+        self.name, self.live, self.problems = inner.name, inner.live, inner.problems
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def frames(self):
+        for frame in self.inner:
+            self.gate(frame.index)
+            yield frame
+        self.truncated = self.inner.truncated
+
+
 def poses(results: list[FrameResult]) -> list[list[tuple]]:
     return [[tuple(np.round(p.kp2d[:, :2].ravel(), 3)) for p in r.people] for r in results]
 
@@ -121,11 +141,20 @@ def test_live_source_drops_stale_frames_and_numbers_processed_ones():
 
 
 def test_stop_from_another_thread_ends_quickly():
-    p = Pipeline(sources.VideoSource(TWO, realtime=True), MotionPeople(delay_s=0.05), [Collect()])
-    threading.Timer(0.5, p.stop).start()
-    t0 = time.perf_counter()
+    # A camera, stopped from another thread once the first result is out; it holds frame 20
+    # until the run stops, so the input cannot end first.
+    first, asked = threading.Event(), []
+
+    def stopper() -> None:
+        if first.wait(30):
+            asked.append(time.perf_counter())
+            p.stop()
+
+    src = Held(sources.VideoSource(TWO, realtime=True), lambda i: i < 20 or p.wait_stopping(30))
+    p = Pipeline(src, MotionPeople(delay_s=0.05), [Collect()], on_result=lambda f, r: first.set())
+    threading.Thread(target=stopper, daemon=True).start()
     stats = p.run()
-    assert time.perf_counter() - t0 < 2.0 and stats.stopped_by == "user" and 0 < stats.frames < 40
+    assert stats.stopped_by == "user" and time.perf_counter() - asked[0] < 1.5 and 0 < stats.frames < 40
 
 
 def test_max_frames():
@@ -140,18 +169,23 @@ def test_estimator_error_is_raised_after_a_clean_stop():
     with pytest.raises(RuntimeError, match="failed on call 3"):
         Pipeline(sources.VideoSource(TWO), MotionPeople(fail_at=3), [out]).run()
     assert [r.frame_index for r in out.results] == [0, 1, 2]
-    deadline = time.time() + 3
-    while threading.active_count() > before and time.time() < deadline:
-        time.sleep(0.05)
-    assert threading.active_count() <= before, "pipeline threads are gone"
+    assert threading.active_count() <= before, "pipeline threads are gone when run() raises"
 
 
 def test_ctrl_c_stops_the_run():
-    p = Pipeline(sources.VideoSource(TWO), MotionPeople(delay_s=0.1), [Collect()])
-    threading.Timer(0.6, _thread.interrupt_main).start()
-    t0 = time.perf_counter()
+    # Ctrl-C once three results are out; the input holds frame 10 until the run stops, so it
+    # cannot end first.
+    pressed = []
+
+    def ctrl_c_after_three(frame, result) -> None:
+        if p.stats.frames == 3:
+            pressed.append(time.perf_counter())
+            _thread.interrupt_main()
+
+    src = Held(sources.VideoSource(TWO), lambda i: i < 10 or p.wait_stopping(30))
+    p = Pipeline(src, MotionPeople(delay_s=0.05), [Collect()], on_result=ctrl_c_after_three)
     stats = p.run()
-    assert stats.stopped_by == "interrupt" and time.perf_counter() - t0 < 3 and stats.frames < 40
+    assert stats.stopped_by == "interrupt" and time.perf_counter() - pressed[0] < 2 and 3 <= stats.frames < 40
 
 
 class ScriptedKeys:
@@ -160,10 +194,17 @@ class ScriptedKeys:
     def __init__(self) -> None:
         self.shown: list[np.ndarray] = []
         self.closed = False
+        self._cond = threading.Condition()
 
     def show(self, image):
-        self.shown.append(image)
+        with self._cond:
+            self.shown.append(image)
+            self._cond.notify_all()
         return ord("q") if len(self.shown) == 3 else -1
+
+    def wait_shown(self, n: int, timeout: float = 30.0) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.shown) >= n, timeout)
 
     def close(self):
         self.closed = True
@@ -171,8 +212,18 @@ class ScriptedKeys:
 
 def test_q_in_the_window_stops_and_frames_show_skeletons_and_fps():
     keys, out = ScriptedKeys(), Collect(needs_render=True)
-    stats = Pipeline(sources.VideoSource(TWO), MotionPeople(), [out], display=keys).run()
-    assert stats.stopped_by == "user" and keys.closed and len(keys.shown) >= 3 and stats.frames < 40
+
+    def gate(i: int) -> None:
+        # Frame i comes once i frames are on screen, so every frame is shown and the video
+        # cannot end before q; after q nothing more comes until the run stops.
+        if i < 3:
+            keys.wait_shown(i)
+        else:
+            p.wait_stopping(30)
+
+    p = Pipeline(Held(sources.VideoSource(TWO), gate), MotionPeople(), [out], display=keys)
+    stats = p.run()
+    assert stats.stopped_by == "user" and keys.closed and len(keys.shown) == stats.frames == 3
     with_people = [(r, img) for r, img in zip(out.results, out.rendered) if r.people]
     r, img = with_people[-1]
     x, y = r.people[0].kp2d[skeleton.NECK, :2].round().astype(int)

@@ -360,25 +360,27 @@ def test_broadcast_without_source_is_a_clear_error():
 # ---- building blocks ----
 
 def test_worker_batches_frames_of_several_streams(frames):
-    est = SpotEstimator(delay_s=0.3)
+    est = SpotEstimator(hold=True)
     worker = InferenceWorker(BatchRunner(est, CountingTracker), max_batch=8)
     worker.start()
     done = []
     lock = threading.Lock()
+    all_done = threading.Event()
 
     def on_done(job, outcome):
         with lock:
             done.append((job.stream, outcome.batch_size, outcome.dropped))
+            if len(done) == 4:
+                all_done.set()
 
     try:
         data = jpeg(frames[0])
         worker.submit(FrameJob("a", 1, on_done, jpeg=data))
-        time.sleep(0.1)  # "a" is in inference now
+        assert est.started.wait(30)  # "a" is in inference now, held there
         for s in ("b", "c", "d"):
             worker.submit(FrameJob(s, 1, on_done, jpeg=data))
-        deadline = time.monotonic() + 5
-        while len(done) < 4 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        est.release.set()
+        assert all_done.wait(30)
     finally:
         worker.stop()
     assert est.batch_sizes == [1, 3]

@@ -159,6 +159,12 @@ class Pipeline:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    def wait_stopping(self, timeout: float | None = None) -> bool:
+        """Block until the run is asked to stop or has ended, for whatever reason; False if
+        `timeout` passed first. For threads that serve a run (a frame feeder, a watchdog) and
+        should leave with it."""
+        return self._stop.wait(timeout)
+
     # -- stages ----------------------------------------------------------------------------
 
     def _infer(self, frame: Frame) -> FrameResult:
@@ -212,6 +218,7 @@ class Pipeline:
             else:
                 self._run_sequential()
         finally:
+            self._stop.set()  # the run is over: wakes wait_stopping(), later stop() calls are no-ops
             self.stats.wall_s = time.perf_counter() - t0
             self.stats.problems = list(self.source.problems)
             self.stats.truncated = bool(getattr(self.source, "truncated", False))
