@@ -12,6 +12,7 @@ install:
 install-test: install
 	$(PIP) install -q -e ".[dev,onnx,ray]"
 	bash scripts/install_browser.sh
+	bash scripts/fetch_teachers.sh
 
 demo: install
 	bash demo_videos/fetch_vtest.sh
