@@ -9,6 +9,8 @@ Examples:
     xnect-eval coco ../shared/data/coco_dev --scales 1,0.75,0.5   # multi-scale test
     xnect-eval coco ../shared/data/coco_dev --weights new.pt --against models/xnect_selecsls60.pt
     xnect-eval coco ../shared/data/coco_dev --flip --against-plain  # what the flip test gains
+    xnect-eval coco ../shared/data/coco_dev --peer movenet        # the MoveNet teacher beside us
+    xnect-eval lspet ../shared/data/lspet --peer movenet          # PCK on LSPET's held-out slice
 
 COCO: OKS AP over all 17 joints and over the 12 body joints, plus PCK@0.2 of the body joints,
 bottom-up on the whole image. --bootstrap N adds the interval the body AP would move in over draws
@@ -90,6 +92,8 @@ def _coco(a: argparse.Namespace) -> None:
             res["against"] = {"model": against.model_name, "ap_body": other["ap_body"],
                               "test_time_augmentation": augmented and not a.against_plain}
         res["bootstrap"] = bootstrap_ap(data, res.pop("results"), resamples, baseline=base)
+    if a.peer:
+        res["peer"] = _peer(a)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
     res["dynconv"] = bool(a.dynconv)
@@ -115,6 +119,10 @@ def _coco(a: argparse.Namespace) -> None:
                   f"{b['diff']:+.3f} ({b['level']:.0%} interval {b['diff_low']:+.3f} to {b['diff_high']:+.3f}), "
                   f"higher in {b['higher_share']:.0%} of the draws")
         print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}")
+        p = res.get("peer")
+        if p:
+            print(f"  peer {p['name']}: AP (17 joints) {p['ap']:.3f}   AP (12 body) {p['ap_body']:.3f}   "
+                  f"PCK@0.2 {p['pck_body@0.2']:.3f}   ({p['detections']} detections)")
         if "computed_share" in res:
             print(f"  DynConv            {res['computed_share']:.3f} of the stride-8 cells computed (mean)")
         t = res.get("teacher3d")
@@ -126,6 +134,57 @@ def _coco(a: argparse.Namespace) -> None:
                       f"{t['persons']} of {t['labelled_persons']} teacher-labelled people detected")
             else:
                 print(f"  3D vs teacher      none of the {t['labelled_persons']} teacher-labelled people detected")
+
+
+def _lspet(a: argparse.Namespace) -> None:
+    from ..estimator import PoseEstimator
+    from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
+    from ..train.data import LSPET_HELDOUT
+    from ..train.evaluate import evaluate_pck, lspet_as_coco
+
+    try:
+        gt = lspet_as_coco(a.path, split="heldout")
+    except (FileNotFoundError, json.JSONDecodeError, ValueError) as e:
+        fail("xnect-eval", f"cannot read LSPET from {a.path!r}: {e}", code=1)
+    try:
+        est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=tuple(a.input_size), tracking=False,
+                                            fit_skeleton=False, min_score=a.min_score, precision=a.precision) \
+            if a.checkpoint else PoseEstimator(weights=a.weights, input_size=tuple(a.input_size), tracking=False,
+                                               fit_skeleton=False, min_score=a.min_score, precision=a.precision)
+    except (FileNotFoundError, ValueError) as e:
+        fail("xnect-eval", str(e), code=1)
+    res = {"model": est.model_name, **evaluate_pck(est, gt)}
+    if a.peer:
+        try:
+            teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
+        except (FileNotFoundError, ValueError) as e:
+            fail("xnect-eval", f"--peer {a.peer}: {e}", code=1)
+        res["peer"] = {"name": f"{PEERS[a.peer]} at {a.peer_size}", **evaluate_pck(MoveNetPeer(teacher), gt)}
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"model {res['model']} on the {LSPET_HELDOUT} held-out LSPET images of {a.path} "
+          f"(never trained on since the MoveNet labels)")
+    print(f"  PCK@0.2 (12 body)  {res['pck_body@0.2']:.3f}   ({res['detections']} detections)")
+    if a.peer:
+        print(f"  peer {res['peer']['name']}: PCK@0.2 {res['peer']['pck_body@0.2']:.3f}")
+
+
+PEERS = {"movenet": "MoveNet MultiPose + Thunder", "movenet-multipose": "MoveNet MultiPose"}
+
+
+def _peer(a: argparse.Namespace) -> dict:
+    """The teacher scored on the same images with the same metric."""
+    from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
+    from ..train.evaluate import evaluate_coco
+
+    try:
+        teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
+    except (FileNotFoundError, ValueError) as e:
+        fail("xnect-eval", f"--peer {a.peer}: {e}", code=1)
+    r = evaluate_coco(MoveNetPeer(teacher), a.path)
+    return {"name": f"{PEERS[a.peer]} at {a.peer_size}", "ap": r["ap"], "ap_body": r["ap_body"],
+            "pck_body@0.2": r["pck_body@0.2"], "detections": r["detections"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -160,8 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--against-plain", action="store_true",
                    help="compare with the same weights (or --against's) without --flip / --scales: what the "
                         "test-time augmentation gains, on the same draws")
+    c.add_argument("--peer", choices=sorted(PEERS),
+                   help="also score a peer on the same images: the MoveNet teacher (scripts/fetch_teachers.sh "
+                        "fetches it), with or without its Thunder refinement")
+    c.add_argument("--peer-size", type=int, default=384, metavar="PX",
+                   help="the peer's input size, a multiple of 32 (default %(default)s)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=_coco)
+    ls = sub.add_parser("lspet", help="PCK@0.2 of the body joints on LSPET's held-out slice")
+    ls.add_argument("path", help="the LSPET folder (annotations.json + images)")
+    ls.add_argument("--weights", help="weights file (default: the bundled model)")
+    ls.add_argument("--checkpoint", help="a training checkpoint instead of --weights")
+    ls.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
+    ls.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S")
+    add_precision_arg(ls)
+    ls.add_argument("--peer", choices=sorted(PEERS), help="also score the MoveNet teacher on the same images")
+    ls.add_argument("--peer-size", type=int, default=384, metavar="PX")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(fn=_lspet)
     return ap
 
 

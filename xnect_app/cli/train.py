@@ -7,6 +7,9 @@ Examples:
         --epoch-steps 100 --dynconv-lr 3e-3 --lr-decay-at 18900 --max-hours 0.5   # fit a mask unit
     xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
     torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
+    xnect-train label lspet coco_train_extra extra_people backgrounds   # MoveNet teacher labels
+    xnect-train label ~/gym_footage && xnect-train stage1 --out runs/gym --init models/xnect_selecsls60.pt \
+        --own-data ~/gym_footage --max-hours 1   # fine-tune on your own footage
     xnect-train stage2 --out runs/stage2 --steps 3000
     xnect-train export --stage1 runs/xnect60/last.pt --stage2 runs/stage2/last.pt \
         [--mask-unit runs/dynmask/last.pt] --out models/xnect_selecsls60.pt
@@ -38,6 +41,7 @@ def _stage1(a: argparse.Namespace) -> None:
                       dynconv_lr=a.dynconv_lr if a.dynconv_lr is not None else (3e-3 if a.dynconv_freeze else 1e-2),
                       channels_last=not a.no_channels_last, ema_decay=a.ema, swa_every=a.swa_every,
                       coco_repeat=a.coco_repeat, composite_prob=a.composite_prob, negative_prob=a.negative_prob, amp=a.amp,
+                      own_data=tuple(a.own_data), own_repeat=a.own_repeat,
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
@@ -46,6 +50,11 @@ def _stage1(a: argparse.Namespace) -> None:
              code=2)
     if a.init and not Path(a.init).is_file():
         fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
+    for d in a.own_data:
+        if not Path(d).exists():
+            fail("xnect-train", f"--own-data {d!r} does not exist", code=2)
+    if a.own_repeat < 1:
+        fail("xnect-train", f"--own-repeat {a.own_repeat}: give 1 or more", code=2)
     if a.coco_repeat < 1:
         fail("xnect-train", f"--coco-repeat {a.coco_repeat}: give 1 or more", code=2)
     if not 0.0 <= a.composite_prob <= 1.0:
@@ -87,6 +96,14 @@ def _export(a: argparse.Namespace) -> None:
     except (ValueError, FileNotFoundError) as e:
         fail("xnect-train", str(e), code=2)
     print(f"wrote {a.out}")
+
+
+def _label(a: argparse.Namespace) -> None:
+    from ..train.movenet_labels import run_label
+
+    code = run_label(a, "xnect-train " + " ".join(sys.argv[1:]))
+    if code:
+        sys.exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -158,7 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "too; on session 18's mean that scored higher than export --bn-crops 400)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
+    s1.add_argument("--own-data", nargs="+", default=[], metavar="DIR",
+                    help="folders of your own images or videos, labelled first by `xnect-train label DIR`: "
+                         "fine-tune on them mixed with the base data (give --init the bundled weights)")
+    s1.add_argument("--own-repeat", type=int, default=10,
+                    help="how many times each of your images counts among the real images (default %(default)s)")
     s1.set_defaults(fn=_stage1)
+    from ..train.movenet_labels import LABEL_DESCRIPTION, LABEL_EXAMPLES, add_label_arguments
+    lb = sub.add_parser("label", help="label every person in images or videos with the MoveNet teacher",
+                        description=LABEL_DESCRIPTION, epilog=LABEL_EXAMPLES,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_label_arguments(lb)
+    lb.set_defaults(fn=_label)
     s2 = sub.add_parser("stage2", help="train the Stage II lifting network")
     s2.add_argument("--out", default="runs/stage2")
     s2.add_argument("--steps", type=int, default=3000)

@@ -38,6 +38,8 @@ L_SHOULDER = skeleton.JOINTS_2D.index("l_shoulder")
 # Evaluation-only sets: never part of training (coco_dev is the development/validation set).
 EVAL_ONLY_SOURCES = ("coco_dev",)
 TRAIN_SOURCES = ("lspet", "coco_train_extra")
+# Unlabelled photos of people: trained on only through the MoveNet teacher's labels.
+TEACHER_ONLY_SOURCES = ("extra_people",)
 
 
 @dataclass
@@ -178,11 +180,17 @@ def lspet_to_ours(joints_lsp: np.ndarray, width: int, height: int) -> np.ndarray
     return out
 
 
-def read_lspet(root: str | os.PathLike, ignore_context: bool = True) -> list[ImageRecord]:
+LSPET_HELDOUT = 500  # the last images of LSPET's list: held apart from training, for PCK
+
+
+def read_lspet(root: str | os.PathLike, ignore_context: bool = True, split: str = "train") -> list[ImageRecord]:
     """LSPET records. LSPET labels one person per image, but many images show other (unlabelled)
     people; with ignore_context the image outside the labelled person's box (grown by 25% of its
-    size on each side) is an ignore region, so those people are not taught as background.
-    Backgrounds, composites and COCO supply the negatives."""
+    size on each side) is an ignore region, so those people are not taught as background
+    (teacher labels, teacher2d.attach_movenet, replace it). Backgrounds, composites and COCO supply
+    the negatives. split: "train" (all but the last LSPET_HELDOUT images), "heldout" or "all"."""
+    if split not in ("train", "heldout", "all"):
+        raise ValueError(f"unknown LSPET split {split!r}")
     root = Path(root)
     ann = json.loads((root / "annotations.json").read_text())
     names = ann.get("joint_names")
@@ -194,7 +202,10 @@ def read_lspet(root: str | os.PathLike, ignore_context: bool = True) -> list[Ima
     labelled = np.zeros(J2D, bool)
     labelled[list(skeleton.LSP14_FROM_2D)] = True
     recs = []
-    for im in ann["images"]:
+    images = ann["images"]
+    cut = len(images) - LSPET_HELDOUT
+    images = images[:cut] if split == "train" else images[cut:] if split == "heldout" else images
+    for im in images:
         kp = lspet_to_ours(np.asarray(im["joints"]), im["width"], im["height"])
         rec = ImageRecord(path=str(root / im["file"]), width=im["width"], height=im["height"],
                           kp2d=kp[None], labelled_2d=labelled.copy(), source="lspet",
@@ -307,12 +318,16 @@ def attach_teacher(records: list[ImageRecord], teacher, min_agree: float = 0.75)
 
 # ------------------------------------------------------------------------------ training dataset
 
-def background_sample(path: str) -> Sample:
-    """A person-free image: every channel is labelled (as background)."""
+def background_sample(path: str, ignore_polys: list[np.ndarray] | None = None) -> Sample:
+    """A person-free image: every channel is labelled (as background), except in ignore_polys
+    (what a teacher took for people there)."""
     img = load_image(path)
+    ignore = np.zeros(img.shape[:2], np.uint8)
+    for poly in ignore_polys or ():
+        cv2.fillPoly(ignore, [np.round(poly).astype(np.int32)], 1)
     return Sample(image=img, kp2d=np.zeros((0, J2D, 3), np.float32),
                   kp3d_mm=np.zeros((0, J3D, 3), np.float32), labelled_2d=np.ones(J2D, bool),
-                  ignore_mask=np.zeros(img.shape[:2], np.uint8), source="backgrounds")
+                  ignore_mask=ignore, source="backgrounds")
 
 
 def fit_to_size(s: Sample, size: tuple[int, int], zoom: float) -> Sample:
@@ -332,13 +347,16 @@ class TrainingDataset(_TorchDataset):
 
     Index i < len(real) is real image i (COCO images repeated `coco_repeat` times so the few
     multi-person images are seen often); each item becomes a composite with `composite_prob`
-    and a pure background (negative) with `negative_prob`. Randomness comes from
-    (seed, epoch, index, torch's per-worker seed), so epochs and workers differ.
+    and a pure background (negative) with `negative_prob`. An item is drawn by an int index or
+    an (index, draw) pair from `DrawSampler`; its randomness comes from (seed, index, draw), so
+    every draw of the same image differs, in any worker. With a bare index it comes from
+    (seed, epoch, index, torch's per-worker seed).
     """
 
     def __init__(self, real: list[ImageRecord], backgrounds: list[str], size: tuple[int, int] = (256, 256),
                  composite_prob: float = 0.5, negative_prob: float = 0.03, seed: int = 0,
-                 max_composite_people: int = 5, as_dict: bool = False):
+                 max_composite_people: int = 5, as_dict: bool = False,
+                 background_ignore: dict[str, list[np.ndarray]] | None = None):
         from .augment import AugmentConfig
         for r in real:
             if r.source in EVAL_ONLY_SOURCES:
@@ -352,6 +370,7 @@ class TrainingDataset(_TorchDataset):
         self.epoch = 0
         self.max_people = max_composite_people
         self.as_dict = as_dict
+        self.background_ignore = background_ignore or {}
         # people worth pasting: >= 8 labelled joints and >= 40 px tall, per source
         from .augment import person_height
         self.pool: dict[str, list[tuple[int, int]]] = {}
@@ -372,7 +391,9 @@ class TrainingDataset(_TorchDataset):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _rng(self, index: int) -> np.random.Generator:
+    def _rng(self, index: int, draw: int | None = None) -> np.random.Generator:
+        if draw is not None:
+            return np.random.default_rng([self.seed, index, draw])
         try:
             import torch
             base = int(torch.initial_seed()) % (2 ** 32)
@@ -385,7 +406,7 @@ class TrainingDataset(_TorchDataset):
         built at the output size (composites)."""
         u = rng.random()
         if u < self.negative_prob:
-            return background_sample(self.backgrounds[rng.integers(len(self.backgrounds))]), False
+            return self._background(rng), False
         if u < self.negative_prob + self.composite_prob and self.pool:
             return self.make_composite(rng), True
         return load_sample(self.real[index]), False
@@ -396,7 +417,7 @@ class TrainingDataset(_TorchDataset):
         src = self.pool_sources[rng.choice(len(self.pool_sources), p=self._source_weights())]
         pool = self.pool[src]
         if rng.random() < 0.75 or not self.real:
-            canvas = background_sample(self.backgrounds[rng.integers(len(self.backgrounds))])
+            canvas = self._background(rng)
         else:  # onto another training image of the same source
             same = [i for i, _ in pool]
             canvas = load_sample(self.real[same[rng.integers(len(same))]])
@@ -416,18 +437,43 @@ class TrainingDataset(_TorchDataset):
         out.source = f"composite:{src}"
         return out
 
+    def _background(self, rng: np.random.Generator) -> Sample:
+        path = self.backgrounds[rng.integers(len(self.backgrounds))]
+        return background_sample(path, self.background_ignore.get(path))
+
     def _source_weights(self) -> np.ndarray:
         # LSPET has far more people; COCO people are fewer but label the face and real crowds
         w = np.array([0.35 if s.startswith("coco") else 1.0 for s in self.pool_sources]) * \
             np.array([len(self.pool[s]) for s in self.pool_sources]) ** 0.5
         return w / w.sum()
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, index: int | tuple[int, int]):
         from .augment import augment
-        rng = self._rng(index)
+        index, draw = (int(index[0]), int(index[1])) if isinstance(index, tuple) else (int(index), None)
+        rng = self._rng(index, draw)
         raw, fit = self.raw(index, rng)
         s = augment(raw, rng, self.cfg, fit=fit)
         return s.to_dict() if self.as_dict else s
+
+
+class DrawSampler:
+    """Random items with replacement, `num_samples` per epoch, each as (index, draw): the draw
+    number never repeats within a run, so no two draws of an image get the same augmentation,
+    whichever worker makes them and however many epochs pass (the dataset reads its randomness
+    from the pair). `seed` should change with the rank and the step a run resumes at."""
+
+    def __init__(self, n_items: int, num_samples: int, seed: int = 0):
+        self.n_items, self.num_samples = n_items, num_samples
+        self.rng = np.random.default_rng(seed)
+        self.draws = int(seed) * 1_000_003 % (2 ** 62)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        for i in self.rng.integers(self.n_items, size=self.num_samples):
+            self.draws += 1
+            yield int(i), self.draws
 
 
 def load_teacher_cache(teacher_cache: str | os.PathLike | None, name: str):
@@ -454,14 +500,29 @@ def read_training_source(folder: str | os.PathLike, name: str,
     return recs
 
 
+def load_movenet_cache(teacher_cache: str | os.PathLike | None, name: str):
+    """MoveNet teacher people of image set `name` (data_cache/movenet_<name>.npz), or None."""
+    if not teacher_cache:
+        return None
+    from .movenet_labels import MoveNetLabels, cache_path
+    path = cache_path(teacher_cache, name)
+    return MoveNetLabels.load(path) if path.is_file() else None
+
+
 def build_training_dataset(data_root: str | os.PathLike = "../shared/data", size: tuple[int, int] = (256, 256),
                            composite_prob: float = 0.5, teacher_cache: str | os.PathLike | None = "data_cache",
                            seed: int = 0, coco_repeat: int = 10, negative_prob: float = 0.03,
-                           as_dict: bool = False) -> TrainingDataset:
+                           as_dict: bool = False, own_data: list[tuple[str, str]] = (),
+                           own_repeat: int = 1) -> TrainingDataset:
     """LSPET + coco_train_extra (+ teacher labels) with compositing on backgrounds and augmentation.
 
+    With MoveNet teacher labels in `teacher_cache` (`xnect-train label`), every person is
+    labelled or ignored (teacher2d.attach_movenet), and extra_people's photos join the real images.
+    own_data: (folder, cache name) of the user's own labelled footage, each image `own_repeat` times.
     coco_dev is evaluation data and is never read here. `size` is the output (width, height).
     """
+    from .teacher2d import attach_movenet, background_ignore, teacher_only_records
+
     root = Path(data_root)
     real: list[ImageRecord] = []
     for name in TRAIN_SOURCES:
@@ -470,12 +531,32 @@ def build_training_dataset(data_root: str | os.PathLike = "../shared/data", size
             LOG.warning("training set %s not found, skipped", folder)
             continue
         recs = read_training_source(folder, name, teacher_cache)
+        movenet = load_movenet_cache(teacher_cache, name)
+        if movenet is not None:
+            stats = attach_movenet(recs, movenet, add_people=name == "lspet")
+            LOG.info("%s: MoveNet labels %s", name, stats)
         real.extend(recs * (coco_repeat if name.startswith("coco") else 1))
+    for name in TEACHER_ONLY_SOURCES:
+        movenet = load_movenet_cache(teacher_cache, name)
+        if movenet is not None and (root / name).is_dir():
+            recs = teacher_only_records(root / name / "images", movenet, name)
+            LOG.info("%s: %d images with %d MoveNet people", name, len(recs), sum(len(r.keys) for r in recs))
+            real.extend(recs * coco_repeat)
+    for folder, name in own_data:
+        movenet = load_movenet_cache(teacher_cache, name)
+        if movenet is None:
+            raise FileNotFoundError(f"no teacher labels for {folder} in {teacher_cache}: "
+                                    f"run `xnect-train label {folder} --name {name}` first")
+        recs = teacher_only_records(folder, movenet, f"own:{name}")
+        LOG.info("%s: %d images with %d MoveNet people", folder, len(recs), sum(len(r.keys) for r in recs))
+        real.extend(recs * own_repeat)
     if not real:
         raise FileNotFoundError(f"no training data under {root} (expected {', '.join(TRAIN_SOURCES)})")
     bg = list_images(root / "backgrounds") if (root / "backgrounds").is_dir() else []
+    bg_movenet = load_movenet_cache(teacher_cache, "backgrounds")
+    ignore = background_ignore(bg_movenet, root / "backgrounds") if bg_movenet is not None else {}
     return TrainingDataset(real, bg, size=size, composite_prob=composite_prob, negative_prob=negative_prob,
-                           seed=seed, as_dict=as_dict)
+                           seed=seed, as_dict=as_dict, background_ignore=ignore)
 
 
 # ------------------------------------------------------------------------------ visual check

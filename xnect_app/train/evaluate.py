@@ -294,6 +294,29 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
     return out
 
 
+def lspet_as_coco(root: str | Path, split: str = "heldout") -> dict[str, Any]:
+    """LSPET's labelled people (the 12 body joints) as a COCO keypoints dict, for `pck`: one
+    person per image, so its AP would count the unlabelled bystanders as false detections."""
+    from .data import read_lspet
+    images, anns = [], []
+    for i, rec in enumerate(read_lspet(root, ignore_context=False, split=split)):
+        kp = np.zeros((17, 3))
+        for c, ours in enumerate(skeleton.COCO17_FROM_2D):
+            if c in skeleton.COCO17_BODY and rec.kp2d[0, ours, 2] > 0:
+                kp[c] = (rec.kp2d[0, ours, 0], rec.kp2d[0, ours, 1], 2)
+        x, y, w, h = (float(v) for v in rec.boxes[0])
+        images.append({"id": i + 1, "file_name": rec.path, "width": rec.width, "height": rec.height})
+        anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": [x, y, w, h],
+                     "area": w * h, "keypoints": kp.ravel().tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
+
+
+def evaluate_pck(estimator: Callable[[np.ndarray], Any], gt: dict[str, Any], alpha: float = 0.2) -> dict[str, Any]:
+    results = predict_coco(estimator, gt, Path("/"))
+    return {"pck_body@%g" % alpha: pck(gt, results, alpha), "images": len(gt["images"]),
+            "gt_persons": len(gt["annotations"]), "detections": len(results)}
+
+
 # -- 3D agreement with the BlazePose teacher ---------------------------------------------------
 
 # Joints the teacher measures directly (or as midpoints): not the derived spine and head top, nor

@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         if not root.is_dir():
             print(f"error: no dataset folder {root}", file=sys.stderr)
             return 2
-        recs = data.read_lspet(root) if name == "lspet" else data.read_coco(root, source=name)
+        recs = data.read_lspet(root, split="all") if name == "lspet" else data.read_coco(root, source=name)
         if args.limit:
             recs = recs[:args.limit]
         stats = label_dataset(recs, name, Path(args.out_dir), chunk=args.chunk,

@@ -58,6 +58,8 @@ class TrainConfig:
     save_every_min: float = 10.0
     backbone_weights: str | None = None
     init_weights: str | None = None  # continue from an exported weights file (models/*.pt)
+    own_data: tuple[str, ...] = ()  # folders of the user's footage, labelled by `xnect-train label`
+    own_repeat: int = 10  # each of their images this many times among the real images
     device: str = "cpu"
     # NHWC activations: 1.5x faster training steps on CPU (oneDNN's convolutions prefer them).
     channels_last: bool = True
@@ -109,8 +111,11 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
         img = _get(s, "image")
         h, w = img.shape[:2]
         kp3d = _get(s, "kp3d_mm")
-        t = render_targets(_get(s, "kp2d"), kp3d, in_size=(w, h), stride=stride)
+        kp2d, uncertain = split_uncertain(_get(s, "kp2d"), _get(s, "weight_2d"))
+        t = render_targets(kp2d, kp3d, in_size=(w, h), stride=stride)
         hm_mask, paf_mask = target_masks(_get(s, "labelled_2d"), _get(s, "ignore_mask"), t["heatmaps"].shape[1:], stride)
+        if uncertain.any():
+            mask_uncertain(hm_mask, paf_mask, _get(s, "kp2d"), uncertain, stride)
         imgs.append(image_tensor(img))
         for k in ("heatmaps", "pafs", "enc3d", "enc3d_weight"):
             maps[k].append(torch.from_numpy(t[k]))
@@ -120,6 +125,48 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
         maps["person_cells"].append(torch.from_numpy(cells))
         maps["person_weight"].append(torch.from_numpy(weight))
     return torch.stack(imgs), {k: torch.stack(v) for k, v in maps.items()}
+
+
+def split_uncertain(kp2d: np.ndarray, weight_2d: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Joints with a label weight under 0.5 (a teacher's uncertain guesses) are not taught: the
+    labels without them, and their (P, 19) mask."""
+    kp2d = np.asarray(kp2d)
+    if weight_2d is None or not len(kp2d):
+        return kp2d, np.zeros(kp2d.shape[:2], bool)
+    uncertain = (kp2d[..., 2] > 0) & (np.asarray(weight_2d) < 0.5)
+    if not uncertain.any():
+        return kp2d, uncertain
+    sure = kp2d.copy()
+    sure[uncertain] = 0.0
+    return sure, uncertain
+
+
+def mask_uncertain(hm_mask: np.ndarray, paf_mask: np.ndarray, kp2d: np.ndarray, uncertain: np.ndarray,
+                   stride: int) -> None:
+    """Switch the loss off, in place, around uncertain joints (their heatmap channel, within a
+    tenth of the person's size and at least 1.5 cells) and along limbs that end in one."""
+    from ..pose.targets import to_map
+
+    h, w = hm_mask.shape[1:]
+    gx = np.arange(w, dtype=np.float32)[None, :]
+    gy = np.arange(h, dtype=np.float32)[:, None]
+    for p in np.flatnonzero(uncertain.any(1)):
+        kp = kp2d[p]
+        seen = kp[:, 2] > 0
+        xy = to_map(kp[:, :2], stride).astype(np.float32)
+        ext = xy[seen].max(0) - xy[seen].min(0) if seen.sum() > 1 else np.zeros(2)
+        r = max(1.5, 0.1 * float(ext.max()))
+        for j in np.flatnonzero(uncertain[p]):
+            near = (gx - xy[j, 0]) ** 2 + (gy - xy[j, 1]) ** 2 <= r * r
+            hm_mask[j][near] = 0.0
+        for li, (a, b) in enumerate(skeleton.LIMBS_2D):
+            if not (seen[a] and seen[b] and (uncertain[p, a] or uncertain[p, b])):
+                continue
+            d = xy[b] - xy[a]
+            t = np.clip(((gx - xy[a, 0]) * d[0] + (gy - xy[a, 1]) * d[1]) / max(float(d @ d), 1e-6), 0.0, 1.0)
+            near = (gx - xy[a, 0] - t * d[0]) ** 2 + (gy - xy[a, 1] - t * d[1]) ** 2 <= r * r
+            paf_mask[2 * li][near] = 0.0
+            paf_mask[2 * li + 1][near] = 0.0
 
 
 def person_cells(kp2d: np.ndarray, ignore_mask: np.ndarray | None, hw: tuple[int, int], stride: int,
@@ -319,14 +366,11 @@ class Trainer:
                                     composite_prob=self.cfg.composite_prob, coco_repeat=self.cfg.coco_repeat,
                                     negative_prob=self.cfg.negative_prob,
                                     teacher_cache=self.cfg.teacher_cache,
-                                    seed=self.cfg.seed + 1000 * self.rank + self.step)
-        sampler = torch.utils.data.RandomSampler(ds, replacement=True,
-                                                 num_samples=self.cfg.epoch_steps * self.cfg.batch_size)
-        return torch.utils.data.DataLoader(
-            ds, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_targets,
-            num_workers=self.cfg.workers, persistent_workers=self.cfg.workers > 0,
-            pin_memory=self.device.type == "cuda",
-            worker_init_fn=_seed_worker, prefetch_factor=4 if self.cfg.workers > 0 else None)
+                                    seed=self.cfg.seed + 1000 * self.rank + self.step,
+                                    own_data=[(d, Path(d).resolve().name) for d in self.cfg.own_data],
+                                    own_repeat=self.cfg.own_repeat)
+        return training_loader(ds, self.cfg, seed=self.cfg.seed + 1000 * self.rank + self.step,
+                               pin_memory=self.device.type == "cuda")
 
     def lr_at(self, step: int) -> float:
         lr = self.cfg.lr * min(1.0, (step - self.warmup_from + 1) / max(1, self.cfg.warmup_steps))
@@ -519,6 +563,17 @@ class Trainer:
 
     def _request_stop(self, *_: Any) -> None:
         self._stop = True
+
+
+def training_loader(ds, cfg: TrainConfig, seed: int, pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of `cfg.epoch_steps * cfg.batch_size` fresh draws per epoch (see DrawSampler)."""
+    from .data import DrawSampler
+
+    sampler = DrawSampler(len(ds), cfg.epoch_steps * cfg.batch_size, seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_targets,
+        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=pin_memory,
+        worker_init_fn=_seed_worker, prefetch_factor=4 if cfg.workers > 0 else None)
 
 
 def _seed_worker(worker_id: int) -> None:
