@@ -46,12 +46,6 @@ def draw_people_into(image: np.ndarray, people: Sequence[Person], *, min_conf: f
             _text(image, f"{person.track_id}", (int(x), max(12, int(y) - 6)), color, scale=0.45 * t)
 
 
-def draw_people(image: np.ndarray, people: Sequence[Person], **kw) -> np.ndarray:
-    out = image.copy()
-    draw_people_into(out, people, **kw)
-    return out
-
-
 def project_3d(points_mm: np.ndarray, yaw_deg: float = 0.0, pitch_deg: float = 10.0) -> np.ndarray:
     """Orthographic view of camera-space points (x right, y down, z forward): rotate by yaw about
     the vertical axis and pitch about x, then drop depth. Returns (N, 2) in mm, y down."""

@@ -32,11 +32,6 @@ def temp_path_for(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}{TMP_MARK}{path.suffix}")
 
 
-def stale_temp_files(folder: Path, name: str) -> list[Path]:
-    """Temporaries of `name` left by killed runs."""
-    return sorted(folder.glob(f".{name}.*{TMP_MARK}*"))
-
-
 def commit(tmp: Path, path: Path) -> None:
     """fsync `tmp`, rename it to `path`, fsync the folder."""
     with open(tmp, "rb") as f:

@@ -440,26 +440,6 @@ def mupots_errors(pred17: np.ndarray, gt17: np.ndarray) -> np.ndarray:
     return np.linalg.norm(p - g, axis=1)[list(_MUPOTS_EVAL_JOINTS)]
 
 
-def match_mupots(pred2d: list[np.ndarray], gt2d: np.ndarray) -> list[int]:
-    """Greedy 2D matching: for each GT (first first), the unused prediction with the most joints
-    (1-based 2..14) within 40 px in both x and y; -1 when none matches."""
-    used: set[int] = set()
-    out = []
-    for g in gt2d:
-        best, best_n = -1, 0
-        for i, p in enumerate(pred2d):
-            if i in used:
-                continue
-            d = np.abs(p[1:14, :2] - g[1:14, :2])
-            ok = np.isfinite(d).all(1) & (d[:, 0] < 40) & (d[:, 1] < 40)
-            if ok.sum() > best_n:
-                best, best_n = i, int(ok.sum())
-        if best >= 0:
-            used.add(best)
-        out.append(best)
-    return out
-
-
 def pck3d_summary(errors: np.ndarray) -> dict[str, float]:
     """3DPCK@150mm, AUC over 0:5:150 mm and MPJPE from an array of joint errors (NaN = miss)."""
     e = np.where(np.isfinite(errors), errors, np.inf)
