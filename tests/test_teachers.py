@@ -131,7 +131,7 @@ def test_movenet_people_merge_with_lspet_ground_truth():
     rec = _lspet_record(gt)
     labels = _labels("im00001.jpg", [(teacher_gt, 0.5), (bystander, 0.4), (doubtful, 0.04)])
     stats = teacher2d.attach_movenet([rec], labels, add_people=True)
-    assert stats == {"images": 1, "matched": 1, "added": 1, "ignored": 1, "filled_joints": 5}
+    assert stats == {"images": 1, "matched": 1, "added": 1, "ignored": 1, "filled_joints": 5, "crowded": 0}
     # ground truth wins where it labels; the face comes from the teacher
     assert np.allclose(rec.kp2d[0, :14, :2], _lspet_record(gt).kp2d[0, :14, :2])
     assert (rec.kp2d[0, 14:, 2] == 2).all() and np.allclose(rec.kp2d[0, J("nose"), :2], teacher_gt[0, :2])
@@ -144,6 +144,16 @@ def test_movenet_people_merge_with_lspet_ground_truth():
     mask = data.ignore_mask_of(rec, (200, 400))
     assert mask[60, 340] == 1 and mask[60, 250] == 0 and mask[60, 100] == 0
     assert rec.labelled_2d.all()  # every person now has every joint type (face points included)
+
+
+def test_crowds_beyond_multipose_six_people_keep_lspet_ignore_region():
+    gt = _standing(40, h=60)
+    rec = _lspet_record(gt)
+    outside = rec.ignore_outside
+    people = [(gt, 0.5)] + [(_standing(90 + 50 * k, h=60), 0.4) for k in range(5)]
+    stats = teacher2d.attach_movenet([rec], _labels("im00001.jpg", people), add_people=True)
+    assert stats["crowded"] == 1 and stats["added"] == 0 and stats["matched"] == 1
+    assert rec.ignore_outside == outside and len(rec.keys) == 1
 
 
 def test_coco_people_are_never_added_only_ignored():

@@ -121,16 +121,19 @@ def test_two_people_crossing_keep_their_identities():
     assert len(ids[0]) == 1 and len(ids[1]) == 1 and ids[0] != ids[1]
 
 
-def test_tracks_end_after_max_age_and_new_people_get_new_ids():
-    frames = crossing_walk(n_frames=12)
+def test_tracks_end_after_max_age_and_new_people_get_ids_once_confirmed():
+    frames = crossing_walk(n_frames=40)
     tracker = Tracker(max_age=2)
     first = tracker.update(frames[0][0][:1], timestamp=0.0)
+    assert first[0].track_id == 1                          # a stream's first frame: at once
     for f in range(1, 5):                                  # person gone for 4 frames > max_age
         assert tracker.update([], timestamp=f / FPS) == []
-    again = tracker.update(frames[5][0][:1], timestamp=5 / FPS)
-    assert again[0].track_id != first[0].track_id
-    both = tracker.update(frames[6][0], timestamp=6 / FPS)
-    assert len({p.track_id for p in both}) == 2 and again[0].track_id in {p.track_id for p in both}
+    ids = [tracker.update(frames[f][0][:1], timestamp=f / FPS)[0].track_id for f in range(5, 9)]
+    confirm = tracker.cfg.confirm_frames
+    assert ids[:confirm - 1] == [-1] * (confirm - 1)       # tentative: no id yet
+    assert ids[confirm - 1] == 2 and ids[confirm:] == [2] * (4 - confirm)
+    both = tracker.update(frames[9][0], timestamp=9 / FPS)
+    assert sorted(p.track_id for p in both) == [-1, 2]     # the newcomer waits for its id
 
 
 def test_track_bone_lengths_are_the_median_of_the_first_frames():

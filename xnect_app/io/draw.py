@@ -18,7 +18,12 @@ from ..types import FrameResult, Person
 PARENTS_3D = np.asarray(skeleton.PARENTS_3D)
 
 
+UNTRACKED_BGR = (170, 170, 170)  # people whose track is not confirmed yet (track_id -1)
+
+
 def track_color(track_id: int) -> tuple[int, int, int]:
+    if track_id < 0:
+        return UNTRACKED_BGR
     return skeleton.TRACK_COLORS_BGR[int(track_id) % len(skeleton.TRACK_COLORS_BGR)]
 
 
@@ -41,7 +46,7 @@ def draw_people_into(image: np.ndarray, people: Sequence[Person], *, min_conf: f
         for j in np.flatnonzero(ok):
             cv2.circle(image, _pt(kp[j]), t + 1, (255, 255, 255), -1, cv2.LINE_AA)
             cv2.circle(image, _pt(kp[j]), t + 1, color, 1, cv2.LINE_AA)
-        if label and ok.any():
+        if label and ok.any() and person.track_id >= 0:
             x, y = kp[ok, 0].min(), kp[ok, 1].min()
             _text(image, f"{person.track_id}", (int(x), max(12, int(y) - 6)), color, scale=0.45 * t)
 

@@ -28,6 +28,7 @@ UNCERTAIN_JOINT = 0.05   # below this a teacher joint is dropped
 LABEL_PERSON = 0.08      # teacher person score (MultiPose score x mean Thunder confidence)
 IGNORE_PERSON = 0.02     # doubtful people from here up become ignore regions
 MIN_CONFIDENT_JOINTS = 5
+MULTIPOSE_MAX_PEOPLE = 6  # MultiPose returns at most this many: an image with as many may hold more
 # weight_2d of an uncertain joint: below 0.5, which the trainer reads as "mask, don't teach"
 UNCERTAIN_WEIGHT = 0.25
 FACE = tuple(skeleton.JOINTS_2D.index(n) for n in ("nose", "r_eye", "l_eye", "r_ear", "l_ear"))
@@ -91,18 +92,24 @@ def _box_poly(box: np.ndarray, grow: float = 0.1) -> np.ndarray:
     return np.array([[x0 - m, y0 - m], [x1 + m, y0 - m], [x1 + m, y1 + m], [x0 - m, y1 + m]], np.float32)
 
 
-def attach_movenet(records: list[ImageRecord], labels, add_people: bool, key_of=None) -> dict[str, int]:
+def attach_movenet(records: list[ImageRecord], labels, add_people: bool, key_of=None,
+                   teacher_only: bool = False) -> dict[str, int]:
     """Merge the teacher people of `labels` (movenet_labels.MoveNetLabels, keyed by file name) into
     records, in place. add_people: the ground truth leaves people unlabelled (LSPET), so sure
     teacher people become labelled people; otherwise (COCO, which labels everyone it can) they
-    only become ignore regions. key_of(record): its key in labels (default: the file name)."""
-    stats = {"images": 0, "matched": 0, "added": 0, "ignored": 0, "filled_joints": 0}
+    only become ignore regions. key_of(record): its key in labels (default: the file name).
+    Crowds: MultiPose finds at most MULTIPOSE_MAX_PEOPLE people, so where it finds that many,
+    LSPET keeps its ignore region around the labelled person (no bystanders are added), and
+    an unlabelled image (teacher_only) is ignored outside the people found."""
+    stats = {"images": 0, "matched": 0, "added": 0, "ignored": 0, "filled_joints": 0, "crowded": 0}
     for rec in records:
         key = key_of(rec) if key_of else Path(rec.path).name
         if key not in labels:
             continue
         stats["images"] += 1
         kp17, boxes, scores = labels.people(key)
+        crowded = len(scores) >= MULTIPOSE_MAX_PEOPLE
+        stats["crowded"] += int(crowded)
         keep = scores >= IGNORE_PERSON
         kp17, boxes, scores = kp17[keep], boxes[keep], scores[keep]
         ours = [teacher_to_ours(k) for k in kp17]
@@ -116,7 +123,7 @@ def attach_movenet(records: list[ImageRecord], labels, add_people: bool, key_of=
             if t in matched:
                 continue
             sure = scores[t] >= LABEL_PERSON and (t_kp[t, :, 2] >= 2).sum() >= MIN_CONFIDENT_JOINTS
-            if add_people and sure:
+            if add_people and sure and (teacher_only or not crowded):
                 new.append(t)
             else:
                 rec.ignore_polys.append(_box_poly(boxes[t]))
@@ -124,7 +131,12 @@ def attach_movenet(records: list[ImageRecord], labels, add_people: bool, key_of=
         if new:
             _add_people(rec, [ours[t] for t in new], [f"{key}#movenet{t}" for t in new])
             stats["added"] += len(new)
-        if add_people:
+        if teacher_only and crowded and new:
+            sure_boxes = boxes[new]
+            lo, hi = sure_boxes[:, :2].min(0), sure_boxes[:, 2:].max(0)
+            m = 0.1 * (hi - lo).max()
+            rec.ignore_outside = (lo[0] - m, lo[1] - m, hi[0] + m, hi[1] + m)
+        elif add_people and not crowded:
             rec.ignore_outside = None  # the bystanders are labelled or ignored now
         if len(rec.keys):
             rec.labelled_2d = rec.labelled_person.all(0)
@@ -188,7 +200,7 @@ def teacher_only_records(folder: str | Path, labels, source: str) -> list[ImageR
                           labelled_2d=np.ones(J2D, bool), source=source, keys=[])
         recs.append(rec)
     keys = {r.path: k for r, k in zip(recs, labels.keys)}
-    attach_movenet(recs, labels, add_people=True, key_of=lambda r: keys[r.path])
+    attach_movenet(recs, labels, add_people=True, key_of=lambda r: keys[r.path], teacher_only=True)
     # an image of people where the teacher is sure of no one would teach them as background
     return [r for r in recs if len(r.keys)]
 
