@@ -42,6 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .heads import HEAD_GRAPH, ModuleOps, head_levels, run_heads
+from .selecsls import fuse_bn, fuse_conv_bn
+
 __all__ = [
     "MaskUnit", "gumbel_mask", "hard_mask", "dilate", "downsample_mask",
     "LayerCost", "block_costs", "head_costs", "bound_schedule", "SparsityLoss", "sparsity_loss",
@@ -188,16 +191,18 @@ def block_costs(name: str, block: nn.Module, mask: torch.Tensor) -> LayerCost:
 
 
 def head_costs(net: nn.Module, mask: torch.Tensor) -> LayerCost:
-    """Stage I heads with stride-8 output mask `mask` (reduce convs are attributed per stride-8 cell)."""
-    d1 = dilate(mask)
-    d2 = dilate(d1)
-    d3 = dilate(d2)
-    q3 = (_macs(net.b2d_reduce) + _macs(net.b3d_reduce)) / 4 + _macs(net.b2d_up) + _macs(net.b3d_up) \
-        + _macs(net.b2d_skip8)
-    q2 = _macs(net.b2d_conv1) + _macs(net.b3d_conv1) + _macs(net.b3d_merge)
-    q1 = _macs(net.b2d_conv2) + _macs(net.b3d_conv2)
-    q0 = _macs(net.b2d_out) + _macs(net.b3d_out)
-    return LayerCost("heads", [(d3, q3), (d2, q2), (d1, q1), (mask, q0)])
+    """Stage I heads with stride-8 output mask `mask`: each layer on the mask grown by its level
+    (`heads.head_levels`); stride-16 layers are attributed per stride-8 cell (a quarter)."""
+    levels = head_levels(net)
+    depth = max(levels.values())
+    per_level = [0.0] * (depth + 1)
+    for layer in HEAD_GRAPH:
+        macs = _macs(getattr(net, layer.name))
+        per_level[levels[layer.name]] += macs / 4 if layer.grid == 16 else macs
+    rings = [mask]
+    for _ in range(depth):
+        rings.append(dilate(rings[-1]))
+    return LayerCost("heads", [(rings[lv], per_level[lv]) for lv in range(depth, -1, -1)])
 
 
 def bound_schedule(epoch: int, epochs: int, budget: float) -> tuple[float, float]:
@@ -498,7 +503,6 @@ class SparseDeconv2x:
 
 def fold_conv_bn(seq: nn.Sequential) -> nn.Conv2d:
     """conv (no bias) -> BN (-> ReLU) Sequential -> one conv with bias (eval statistics)."""
-    from .selecsls import fuse_conv_bn
     return fuse_conv_bn(seq[0], seq[1])
 
 
@@ -568,60 +572,82 @@ class _SparseBlock:
 
 
 class _Heads(nn.Module):
-    """The Stage I heads with BN folded: modules for the masked-dense fallback, and sparse layers."""
+    """The Stage I heads with BN folded: modules for the dense passes, and their sparse layers."""
 
     def __init__(self, net: nn.Module, dtype: torch.dtype | None = None):
         super().__init__()
-        relu = nn.ReLU(inplace=True)
-        for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
-                     "b3d_reduce", "b3d_conv1", "b3d_merge", "b3d_conv2"):
-            setattr(self, name, nn.Sequential(fold_conv_bn(getattr(net, name)), relu))
-        for name in ("b2d_up", "b3d_up"):
-            setattr(self, name, nn.Sequential(fold_deconv_bn(getattr(net, name)), relu))
-        self.b2d_out = copy.deepcopy(net.b2d_out)
-        self.b3d_out = copy.deepcopy(net.b3d_out)
+        for layer in HEAD_GRAPH:
+            mod = getattr(net, layer.name)
+            if not isinstance(mod, nn.Sequential):  # an output conv: no BN, no ReLU
+                setattr(self, layer.name, copy.deepcopy(mod))
+            elif isinstance(mod[0], nn.ConvTranspose2d):
+                setattr(self, layer.name, nn.Sequential(fold_deconv_bn(mod), nn.ReLU(inplace=True)))
+            else:
+                setattr(self, layer.name, nn.Sequential(fold_conv_bn(mod), nn.ReLU(inplace=True)))
         if dtype is not None:
             self.to(dtype)
-        self.sparse = {name: SparseConv.from_conv(getattr(self, name)[0], relu=True)
-                       for name in ("b2d_reduce", "b2d_skip8", "b2d_conv1", "b2d_conv2",
-                                    "b3d_reduce", "b3d_conv1", "b3d_merge", "b3d_conv2")}
-        for name in ("b2d_up", "b3d_up"):
-            d = getattr(self, name)[0]
-            self.sparse[name] = SparseDeconv2x(d.weight, d.bias, d.groups)
-        self.sparse["b2d_out"] = SparseConv.from_conv(self.b2d_out, relu=False)
-        self.sparse["b3d_out"] = SparseConv.from_conv(self.b3d_out, relu=False)
+        self.levels = head_levels(self)
+        self.sparse = {}
+        for layer in HEAD_GRAPH:
+            mod = getattr(self, layer.name)
+            relu = isinstance(mod, nn.Sequential)
+            conv = mod[0] if relu else mod
+            self.sparse[layer.name] = (SparseDeconv2x(conv.weight, conv.bias, conv.groups) if layer.kind == "up"
+                                       else SparseConv.from_conv(conv, relu=relu))
 
     def run_sparse(self, f8: SparseMap, f16: SparseMap, q: list[Positions],
                    r16: Positions) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.sparse
-        q0, q1, q2, q3 = q
-        u2 = s["b2d_up"](SparseMap.from_rows(r16, s["b2d_reduce"](f16, r16)), q3)
-        u3 = s["b3d_up"](SparseMap.from_rows(r16, s["b3d_reduce"](f16, r16)), q3)
-        cat = SparseMap.from_rows(q3, torch.cat([u2, s["b2d_skip8"](f8, q3)], 1))
-        y2 = s["b2d_conv1"](cat, q2)
-        y2 = s["b2d_conv2"](SparseMap.from_rows(q2, y2), q1)
-        out2 = s["b2d_out"](SparseMap.from_rows(q1, y2), q0)
-        y3 = s["b3d_conv1"](SparseMap.from_rows(q3, u3), q2)
-        y3 = s["b3d_merge"].mm(torch.cat([u2[q3.rows_of(q2)], y3[:-1]], 1))
-        y3 = s["b3d_conv2"](SparseMap.from_rows(q2, y3), q1)
-        enc = s["b3d_out"](SparseMap.from_rows(q1, y3), q0)
-        return (SparseMap.from_rows(q0, out2).to_dense(), SparseMap.from_rows(q0, enc).to_dense())
+        """Each layer on the mask grown by its level (q[level]), so the maps are exact on q[0];
+        r16: the stride-16 cells the upsamplings read."""
+        out2, enc = run_heads(_SparseOps(self, lambda name: r16 if name in self.stride16 else q[self.levels[name]]),
+                              f8, f16)
+        return out2.to_dense(), enc.to_dense()
 
     def run_filled(self, f8: SparseMap, f16: SparseMap, q0: Positions, r16: Positions,
                    fill_mid) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every layer on q0; fill_mid(name, rows) puts the background around the 3x3 convs' inputs."""
-        s = self.sparse
-        u2 = s["b2d_up"](SparseMap.from_rows(r16, s["b2d_reduce"](f16, r16)), q0)
-        u3 = s["b3d_up"](SparseMap.from_rows(r16, s["b3d_reduce"](f16, r16)), q0)
-        cat = fill_mid("cat", SparseMap.from_rows(q0, torch.cat([u2, s["b2d_skip8"](f8, q0)], 1)))
-        y2 = fill_mid("y2a", SparseMap.from_rows(q0, s["b2d_conv1"](cat, q0)))
-        y2 = fill_mid("y2b", SparseMap.from_rows(q0, s["b2d_conv2"](y2, q0)))
-        out2 = s["b2d_out"](y2, q0)
-        y3 = s["b3d_conv1"](fill_mid("u3", SparseMap.from_rows(q0, u3)), q0)
-        y3 = fill_mid("m3", SparseMap.from_rows(q0, s["b3d_merge"].mm(torch.cat([u2[:-1], y3[:-1]], 1))))
-        y3 = fill_mid("y3b", SparseMap.from_rows(q0, s["b3d_conv2"](y3, q0)))
-        enc = s["b3d_out"](y3, q0)
-        return (SparseMap.from_rows(q0, out2).to_dense(), SparseMap.from_rows(q0, enc).to_dense())
+        """Every layer on q0; fill_mid(name, map) puts the background around the 3x3 convs' inputs."""
+        out2, enc = run_heads(_SparseOps(self, lambda name: r16 if name in self.stride16 else q0, fill_mid),
+                              f8, f16)
+        return out2.to_dense(), enc.to_dense()
+
+    stride16 = frozenset(layer.name for layer in HEAD_GRAPH if layer.grid == 16)
+
+
+class _SparseOps:
+    """`heads.run_heads` ops on compact rows: layer `name` computes the cells `positions(name)`.
+
+    A 3x3 conv reads its input on a superset of its own cells; a 1x1 conv of joined inputs takes
+    each input's rows of its cells. fill_mid(name, map), if given, puts the background's values
+    around the input of the 3x3 conv `name` (every layer then runs on one set of cells).
+    """
+
+    def __init__(self, heads: _Heads, positions, fill_mid=None):
+        self.heads, self.positions, self.fill_mid = heads, positions, fill_mid
+
+    def conv(self, name: str, x) -> SparseMap:
+        layer, out = self.heads.sparse[name], self.positions(name)
+        if isinstance(x, tuple) and layer.kernel == 1:
+            return SparseMap.from_rows(out, layer.mm(torch.cat([_rows_on(m, out) for m in x], 1)))
+        if isinstance(x, tuple):
+            if len({id(m.pos) for m in x}) != 1:
+                raise ValueError(f"{name}: joined inputs on different cells")
+            x = SparseMap.from_rows(x[0].pos, torch.cat([m.rows for m in x], 1))
+        if self.fill_mid is not None and layer.kernel > 1:
+            x = self.fill_mid(name, x)
+        return SparseMap.from_rows(out, layer(x, out))
+
+    def up(self, name: str, x: SparseMap, like) -> SparseMap:
+        out = self.positions(name)
+        return SparseMap.from_rows(out, self.heads.sparse[name](x, out))
+
+    @staticmethod
+    def cat(*xs: SparseMap) -> tuple[SparseMap, ...]:
+        return xs
+
+
+def _rows_on(m: SparseMap, pos: Positions) -> torch.Tensor:
+    """m's rows of the cells `pos` (all of which m holds), without the zero row."""
+    return m.rows[:-1] if m.pos is pos else m.rows[m.pos.rows_of(pos)]
 
 
 class SparseStage1:
@@ -645,7 +671,6 @@ class SparseStage1:
 
     def __init__(self, net: nn.Module, first_masked: int, dense_above: float = DENSE_ABOVE,
                  dtype: torch.dtype | None = None):
-        from .selecsls import fuse_bn
         self.net = net
         self.first_masked = first_masked
         self.dense_above = dense_above
@@ -661,6 +686,9 @@ class SparseStage1:
         self._block_macs = [(_macs(b.conv1) + _macs(b.conv2), _macs(b.conv3) + _macs(b.conv4),
                              _macs(b.conv5) + _macs(b.conv6)) for b in self.core.features]
         self._head_cost = head_costs(net, torch.zeros(1, 1, 1, 1))
+        # dilations of the mask a plan needs: two inside a block, the heads' depth at stride 8
+        self._rings = max(2, len(self._head_cost.terms) - 1)
+        self._up_level = max(self.heads.levels[layer.name] for layer in HEAD_GRAPH if layer.kind == "up")
         self._fill: dict[int, torch.Tensor] | None = None  # block -> NCHW background features
         self._fill_rows: dict[tuple[int, int], torch.Tensor] = {}  # (block, batch) -> NHWC rows
         self._fill_out: tuple[torch.Tensor, torch.Tensor] | None = None  # background (maps, enc3d)
@@ -743,7 +771,7 @@ class SparseStage1:
         levels = {}
         for r in sorted(set(self.reductions[self.first_masked:]) | {8}):
             d = [mask_at(m8, r, hw)]
-            for _ in range(3):
+            for _ in range(self._rings):
                 d.append(dilate(d[-1]))
             levels[r] = d
         used = total = 0.0
@@ -754,8 +782,9 @@ class SparseStage1:
             f2, f1, f0 = self._block_macs[i]
             used += float(d[2].sum()) * f2 + float(d[1].sum()) * f1 + float(d[0].sum()) * f0
             total += d[0].numel() * (f2 + f1 + f0)
-        d8 = levels[8] if self._fill is None else [levels[8][0]] * 4
-        for (_, f), m in zip(self._head_cost.terms, (d8[3], d8[2], d8[1], d8[0])):
+        depth = len(self._head_cost.terms) - 1
+        d8 = levels[8] if self._fill is None else [levels[8][0]] * (depth + 1)
+        for (_, f), m in zip(self._head_cost.terms, d8[depth::-1]):
             used += float(m.sum()) * f
             total += m.numel() * f
         return levels, used / max(total, 1.0)
@@ -826,15 +855,8 @@ class SparseStage1:
     def _dense_heads(self, f8: torch.Tensor, f16: torch.Tensor, mids: dict | None = None,
                      over=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The heads, dense, with taps (`_tap`) on the inputs of their 3x3 convs, keyed ("heads", name)."""
-        from .stage1 import _match
-        h, tap = self.heads, _tap(mids, over)
-        u2 = _match(h.b2d_up(h.b2d_reduce(f16)), f8)
-        y2 = tap(("heads", "y2a"), h.b2d_conv1(tap(("heads", "cat"), torch.cat([u2, h.b2d_skip8(f8)], 1))))
-        y2 = tap(("heads", "y2b"), h.b2d_conv2(y2))
-        y3 = h.b3d_conv1(tap(("heads", "u3"), _match(h.b3d_up(h.b3d_reduce(f16)), f8)))
-        y3 = tap(("heads", "m3"), h.b3d_merge(torch.cat([u2, y3], 1)))
-        y3 = tap(("heads", "y3b"), h.b3d_conv2(y3))
-        return h.b2d_out(y2), h.b3d_out(y3)
+        tap = _tap(mids, over)
+        return run_heads(ModuleOps(self.heads, lambda name, x: tap(("heads", name), x)), f8, f16)
 
     def _sparse(self, feats: list[torch.Tensor], f8_dense: torch.Tensor | None,
                 levels: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -857,8 +879,7 @@ class SparseStage1:
         if self._fill is not None:
             r16 = Positions.from_mask(dilate(downsample_mask(levels[8][0])))
             return self.heads.run_filled(f8, x, pos[8][0], r16, lambda name, m: self._over_mid(("heads", name), m))
-        q3 = levels[8][3]
-        r16 = Positions.from_mask(dilate(downsample_mask(q3)))
+        r16 = Positions.from_mask(dilate(downsample_mask(levels[8][self._up_level])))
         return self.heads.run_sparse(f8, x, pos[8], r16)
 
     def _over_mid(self, key, m: SparseMap) -> SparseMap:

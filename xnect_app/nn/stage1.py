@@ -20,10 +20,14 @@ from torch import nn
 
 from .. import skeleton
 from . import dynconv, selecsls
+from .._moved import moved_names
+from .heads import ModuleOps, head_layers, run_heads
 
 STRIDE = 8
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+__getattr__ = moved_names(__name__, {"conv_bn_relu": "xnect_app.nn.heads", "deconv_bn_relu": "xnect_app.nn.heads"})
 
 
 class Stage1Output(NamedTuple):
@@ -60,37 +64,14 @@ class Stage1Config:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
-def conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
-def deconv_bn_relu(cin: int, cout: int, groups: int = 4) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
-
-
 class Stage1Net(nn.Module):
     def __init__(self, cfg: Stage1Config = Stage1Config()):
         super().__init__()
         self.cfg = cfg
         self.core = selecsls.build(cfg.backbone, features_only=True)
         c8, c16 = self._tap_channels()
-        w2, w3 = cfg.widths_2d, cfg.widths_3d
-        # 2D branch
-        self.b2d_reduce = conv_bn_relu(c16, w2[0], 1)
-        self.b2d_up = deconv_bn_relu(w2[0], w2[1])
-        self.b2d_skip8 = conv_bn_relu(c8, cfg.skip8_chs, 1)
-        self.b2d_conv1 = conv_bn_relu(w2[1] + cfg.skip8_chs, w2[2])
-        self.b2d_conv2 = conv_bn_relu(w2[2], w2[3])
-        self.b2d_out = nn.Conv2d(w2[3], cfg.num_joints_2d + cfg.num_pafs, 3, padding=1)
-        # 3D branch
-        self.b3d_reduce = conv_bn_relu(c16, w3[0], 1)
-        self.b3d_up = deconv_bn_relu(w3[0], w3[1])
-        self.b3d_conv1 = conv_bn_relu(w3[1], w3[2])
-        self.b3d_merge = conv_bn_relu(w2[1] + w3[2], w3[3], 1)
-        self.b3d_conv2 = conv_bn_relu(w3[3], w3[4])
-        self.b3d_out = nn.Conv2d(w3[4], cfg.num_enc3d, 3, padding=1)
+        for name, layer in head_layers(cfg, c8, c16):
+            self.add_module(name, layer)
         self.register_buffer("mean", torch.tensor([m * 255 for m in IMAGENET_MEAN_RGB[::-1]]).view(1, 3, 1, 1),
                              persistent=False)
         self.register_buffer("std", torch.tensor([s * 255 for s in IMAGENET_STD_RGB[::-1]]).view(1, 3, 1, 1),
@@ -215,8 +196,6 @@ class Stage1Net(nn.Module):
 
     def fused(self) -> "Stage1Net":
         """An eval-mode copy with every BN folded into its conv (this network is unchanged)."""
-        from .selecsls import fuse_bn, fuse_conv_bn
-
         snapshots = self._sparse_exec, self._fast_exec
         self._sparse_exec = self._fast_exec = None
         try:
@@ -227,14 +206,14 @@ class Stage1Net(nn.Module):
         for m in out.modules():  # hooks on this network fire once, from its own forward
             for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
                 hooks.clear()
-        out.core = fuse_bn(out.core)
+        out.core = selecsls.fuse_bn(out.core)
         for name, mod in list(out.named_children()):
             if not (isinstance(mod, nn.Sequential) and len(mod) == 3 and isinstance(mod[1], nn.BatchNorm2d)):
                 continue
             if isinstance(mod[0], nn.ConvTranspose2d):
                 setattr(out, name, nn.Sequential(dynconv.fold_deconv_bn(mod), nn.Identity(), mod[2]))
             elif isinstance(mod[0], nn.Conv2d):
-                setattr(out, name, nn.Sequential(fuse_conv_bn(mod[0], mod[1]), nn.Identity(), mod[2]))
+                setattr(out, name, nn.Sequential(selecsls.fuse_conv_bn(mod[0], mod[1]), nn.Identity(), mod[2]))
         return out.eval()
 
     def _use_fast_exec(self, x: torch.Tensor) -> bool:
@@ -264,15 +243,7 @@ class Stage1Net(nn.Module):
                 out = self._fast_exec(x.contiguous(memory_format=torch.channels_last))
             return Stage1Output(*(t.to(x.dtype).contiguous() for t in out))
         feats = self.core(self.normalise(x))
-        f8, f16 = feats.stride8, feats.stride16
-        u2 = self.b2d_up(self.b2d_reduce(f16))
-        u2 = _match(u2, f8)
-        y2 = self.b2d_conv2(self.b2d_conv1(torch.cat([u2, self.b2d_skip8(f8)], 1)))
-        out2 = self.b2d_out(y2)
-        u3 = _match(self.b3d_up(self.b3d_reduce(f16)), f8)
-        y3 = self.b3d_conv1(u3)
-        y3 = self.b3d_conv2(self.b3d_merge(torch.cat([u2, y3], 1)))
-        enc = self.b3d_out(y3)
+        out2, enc = run_heads(ModuleOps(self), feats.stride8, feats.stride16)
         j = self.cfg.num_joints_2d
         return Stage1Output(out2[:, :j], out2[:, j:], enc)
 
@@ -313,13 +284,8 @@ class Stage1Net(nn.Module):
                 feats = [out, out] if block.is_first else [out, feats[1]]
             if i == core.stride8_index:
                 f8 = feats[0]
-        f16 = feats[0]
-        u2 = _match(self.b2d_up(self.b2d_reduce(f16)), f8)
-        y2 = self.b2d_conv2(self.b2d_conv1(torch.cat([u2, self.b2d_skip8(f8)], 1)))
-        out2 = self.b2d_out(y2) * m8
-        y3 = self.b3d_conv1(_match(self.b3d_up(self.b3d_reduce(f16)), f8))
-        y3 = self.b3d_conv2(self.b3d_merge(torch.cat([u2, y3], 1)))
-        enc = self.b3d_out(y3) * m8
+        out2, enc = run_heads(ModuleOps(self), f8, feats[0])
+        out2, enc = out2 * m8, enc * m8
         costs.append(dynconv.head_costs(self, m8))
         self.dynconv_costs = costs
         self.last_mask = m8.detach()
@@ -330,18 +296,6 @@ class Stage1Net(nn.Module):
 def _drop_sparse_executor(module: Stage1Net, incompatible_keys) -> None:
     module._sparse_exec = None  # new weights: the folded snapshots are stale
     module._fast_exec = None
-
-
-def _match(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Crop/pad a stride-8 map made by upsampling to the exact size of the backbone's stride-8 map."""
-    if x.shape[-2:] == ref.shape[-2:]:
-        return x
-    h, w = ref.shape[-2:]
-    x = x[..., :h, :w]
-    ph, pw = h - x.shape[-2], w - x.shape[-1]
-    if ph or pw:
-        x = nn.functional.pad(x, (0, pw, 0, ph))
-    return x
 
 
 def load_backbone_imagenet(net: Stage1Net, path: str) -> None:
