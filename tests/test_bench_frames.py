@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xnect_app.bench.frames import read_frames
-from xnect_app.cli.model_args import UserError
+from xnect_app.options import UserError
 
 
 @pytest.fixture(scope="module")

@@ -103,7 +103,7 @@ def test_documented_command_is_accepted(prefix, line):
 
 
 def test_tta_bench_refuses_the_options_it_compares():
-    from xnect_app.cli.model_args import UserError
+    from xnect_app.options import UserError
 
     args = parse("xnect-bench", "xnect-bench tta --scales 1,0.75,0.5")
     with pytest.raises(UserError, match="--bench-scales"):

@@ -169,7 +169,7 @@ def test_new_weights_redo_a_job_that_old_weights_finished(clips, tmp_path):
     outputs: the manifest fingerprints the weights file."""
     import shutil
 
-    from xnect_app.estimator import default_weights_path
+    from xnect_app.weights import default_weights_path
     weights = tmp_path / "model.pt"
     shutil.copy(default_weights_path(), weights)
     args = (str(clips / "short_clip.mp4"), "--out-dir", str(tmp_path / "o"), "--weights", str(weights),

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from xnect_app.bench.dynconv import MotionMask, frame_agreement, oks, unpaired_scores
-from xnect_app.motion_mask import MotionGate
+from xnect_app.runtime.motion import MotionGate
 from xnect_app.nn import dynconv
 from xnect_app.nn.dynconv import (LayerCost, Positions, SparseConv, SparseDeconv2x, SparseMap,
                                   bound_schedule, dilate, sparsity_loss)
@@ -452,14 +452,14 @@ def test_bench_margin_sweep_trades_computed_cells_for_agreement(tmp_path, capsys
 
 
 def test_motion_margin_reaches_the_gates_and_bad_margins_are_refused():
-    from xnect_app.estimator import PoseEstimator
+    from xnect_app.estimator import ModelConfig, PoseEstimator
     kw = dict(random_init=True, backbone="selecsls42b", input_size=(192, 128))
-    est = PoseEstimator(dynconv="motion", dynconv_margin=4, **kw)
-    assert est._gate.margin == 4 and est._stream_gate("a").margin == 4
-    assert PoseEstimator(dynconv="motion", **kw)._gate.margin == MotionGate().margin
+    est = PoseEstimator(ModelConfig(dynconv="motion", dynconv_margin=4, **kw))
+    assert est.runner.gate.margin == 4 and est.runner.stream_gate("a").margin == 4
+    assert PoseEstimator(ModelConfig(dynconv="motion", **kw)).runner.gate.margin == MotionGate().margin
     for bad in (dict(dynconv="motion", dynconv_margin=17), dict(dynconv_margin=3)):
         with pytest.raises(ValueError, match="margin"):
-            PoseEstimator(**kw, **bad)
+            PoseEstimator(ModelConfig(**kw, **bad))
 
 
 def test_sparse_path_runs_under_no_grad_after_inference_mode(net42):

@@ -9,16 +9,19 @@ import numpy as np
 import pytest
 import torch
 
-from xnect_app.estimator import PoseEstimator
+from xnect_app.estimator import DecodeConfig, ModelConfig, PoseEstimator, TrackConfig
 from xnect_app.io.draw import Overlay
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net
-from xnect_app.train.export import export_weights
+from xnect_app.runtime.motion import MotionGate
+from xnect_app.train.release import export_weights
 from xnect_app.train.trainer import TrainConfig, Trainer
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 VIDEO = DATA / "videos"
 
+UNTRACKED = TrackConfig(tracking=False)
+LOW = DecodeConfig(threshold=0.02)  # barely trained heads: low peaks
 pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
 
 
@@ -114,9 +117,9 @@ def _force_mask(est: PoseEstimator, share_left: float) -> None:
 
 def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weights):
     frames = _frames()
-    masked = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    masked = PoseEstimator(ModelConfig(weights=dynconv_weights), LOW, UNTRACKED)
     masked.stage1.set_sparse(False, mask_unit=True)  # masked-dense: the mask unit's mask, zero fill, every cell computed
-    sparse = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02, dynconv=True)
+    sparse = PoseEstimator(ModelConfig(weights=dynconv_weights, dynconv=True), LOW, UNTRACKED)
     for est in (masked, sparse):
         _force_mask(est, 0.5)
     a, b = masked.detect_batch(frames), sparse.detect_batch(frames)
@@ -134,11 +137,11 @@ def test_sparse_inference_with_learned_masks_matches_masked_dense(dynconv_weight
 def test_weights_with_a_mask_unit_run_dense_without_dynconv(dynconv_weights):
     """Bundled weights may carry a mask unit; without --dynconv every cell is computed."""
     frames = _frames()
-    est = PoseEstimator(dynconv_weights, tracking=False, threshold=0.02)
+    est = PoseEstimator(ModelConfig(weights=dynconv_weights), LOW, UNTRACKED)
     _force_mask(est, 0.5)  # a mask that would drop the right half
     plain = Stage1Net(Stage1Config.from_dict({**est.stage1.cfg.to_dict(), "dynconv": False}))
     plain.load_state_dict({k: v for k, v in est.stage1.state_dict().items() if not k.startswith("mask_unit.")})
-    ref = PoseEstimator.from_networks(plain, est.stage2, tracking=False, threshold=0.02)
+    ref = PoseEstimator.from_networks(plain, est.stage2, decode=LOW, track=UNTRACKED)
     for ra, rb in zip(est.detect_batch(frames), ref.detect_batch(frames)):
         assert ra.dynconv_mask is None and ra.computed_share is None
         assert len(ra.people) == len(rb.people)
@@ -186,14 +189,14 @@ def test_export_refuses_a_mask_unit_fitted_to_another_network(dynconv_run, dense
 
 
 def test_a_budget_caps_the_computed_share(dynconv_weights):
-    est = PoseEstimator(dynconv_weights, tracking=False, dynconv=True, dynconv_budget=0.1)
+    est = PoseEstimator(ModelConfig(weights=dynconv_weights, dynconv=True, dynconv_budget=0.1), track=UNTRACKED)
     _force_mask(est, 0.5)
     est.detect_batch(_frames(1))
     assert est.stage1.sparse_stats.active <= 0.1 + 1e-6
 
 
 def test_the_overlay_darkens_skipped_cells_and_reports_the_computed_share(dynconv_weights):
-    est = PoseEstimator(dynconv_weights, tracking=False, dynconv=True)
+    est = PoseEstimator(ModelConfig(weights=dynconv_weights, dynconv=True), track=UNTRACKED)
     _force_mask(est, 0.5)
     frame = np.full((240, 320, 3), 200, np.uint8)
     res = est.detect_batch([frame])[0]
@@ -203,17 +206,19 @@ def test_the_overlay_darkens_skipped_cells_and_reports_the_computed_share(dyncon
 
 def test_dynconv_needs_weights_with_a_mask_unit(dense_weights):
     with pytest.raises(ValueError, match="no DynConv mask unit"):
-        PoseEstimator(dense_weights, dynconv=True)
+        PoseEstimator(ModelConfig(weights=dense_weights, dynconv=True))
     with pytest.raises(ValueError, match="needs DynConv"):
-        PoseEstimator(dense_weights, dynconv_budget=0.5)
+        PoseEstimator(ModelConfig(weights=dense_weights, dynconv_budget=0.5))
+    with pytest.raises(ValueError, match="no DynConv mask unit"):  # images: motion masks cannot run
+        PoseEstimator(ModelConfig(weights=dense_weights, dynconv="auto"), track=UNTRACKED)
 
 
 def test_auto_masks_use_the_mask_unit_if_there_is_one_else_motion(dense_weights, dynconv_weights):
-    assert PoseEstimator(dynconv_weights, tracking=False, dynconv="auto").dynconv == "learned"
-    est = PoseEstimator(dense_weights, dynconv="auto")
-    assert est.dynconv == "motion" and est._gate is not None
+    assert PoseEstimator(ModelConfig(weights=dynconv_weights, dynconv="auto"), track=UNTRACKED).dynconv == "learned"
+    est = PoseEstimator(ModelConfig(weights=dense_weights, dynconv="auto"))
+    assert est.dynconv == "motion" and isinstance(est.runner.gate, MotionGate)
     with pytest.raises(ValueError, match="no DynConv mask unit, and a budget"):
-        PoseEstimator(dense_weights, dynconv="auto", dynconv_budget=0.5)
+        PoseEstimator(ModelConfig(weights=dense_weights, dynconv="auto", dynconv_budget=0.5))
 
 
 @pytest.mark.parametrize("prog,extra", [("demo", ["--video", "x.mp4", "--headless"]),
@@ -271,7 +276,6 @@ def _moving_square_frames(n: int = 30, size=(320, 192)) -> list[np.ndarray]:
 
 
 def test_motion_gate_marks_the_moving_thing_after_warm_up():
-    from xnect_app.motion_mask import MotionGate
     gate = MotionGate(warmup=10)
     frames = _moving_square_frames(25)
     masks = [gate.update(f) for f in frames]
@@ -289,7 +293,6 @@ def test_motion_gate_marks_the_moving_thing_after_warm_up():
 def test_motion_gate_backgrounds_computed_off_thread_arrive_a_fixed_number_of_frames_later():
     """The background median runs in a worker thread and is taken `lag` frames after the update
     that started it: the same masks as computing it on the spot, only later, whatever the timing."""
-    from xnect_app.motion_mask import MotionGate
     frames = _moving_square_frames(40)
     on_the_spot, threaded = MotionGate(warmup=10, lag=0), MotionGate(warmup=10, lag=3)
     assert threaded.first_mask_frame == 13
@@ -306,8 +309,8 @@ def test_motion_gate_backgrounds_computed_off_thread_arrive_a_fixed_number_of_fr
 def test_motion_masked_estimator_runs_dense_then_sparse_on_a_video_stream():
     frames = _moving_square_frames(34)
     torch.manual_seed(0)
-    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion",
-                        fit_skeleton=False)
+    est = PoseEstimator(ModelConfig(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion"),
+                        track=TrackConfig(fit_skeleton=False))
     shares = []
     for f in frames:
         res = est(f)
@@ -328,8 +331,8 @@ def test_motion_masks_follow_each_stream_of_a_shared_batch():
     frames_a = _moving_square_frames(34)
     frames_b = [np.ascontiguousarray(f[::-1, ::-1]) for f in frames_a]  # another scene, other motion
     torch.manual_seed(0)
-    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion",
-                        fit_skeleton=False)
+    est = PoseEstimator(ModelConfig(random_init=True, backbone="selecsls42b", input_size=(320, 192), dynconv="motion"),
+                        track=TrackConfig(fit_skeleton=False))
     maps = []
     est.stage1.register_forward_hook(lambda mod, inp, out: maps.append(out.heatmaps.clone()))
     alone = [est.detect_batch([f], streams=["a"])[0] for f in frames_a]
@@ -354,9 +357,9 @@ def test_motion_masks_follow_each_stream_of_a_shared_batch():
 
 def test_motion_masks_need_a_stream_and_no_budget():
     with pytest.raises(ValueError, match="stream"):
-        PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", tracking=False)
+        PoseEstimator(ModelConfig(random_init=True, backbone="selecsls42b", dynconv="motion"), track=UNTRACKED)
     with pytest.raises(ValueError, match="learned masks"):
-        PoseEstimator(random_init=True, backbone="selecsls42b", dynconv="motion", dynconv_budget=0.3)
+        PoseEstimator(ModelConfig(random_init=True, backbone="selecsls42b", dynconv="motion", dynconv_budget=0.3))
 
 
 def test_person_cells_cover_each_labelled_box_and_ignore_unlabelled_people():

@@ -7,13 +7,22 @@ import pytest
 import torch
 
 from xnect_app import skeleton
-from xnect_app import estimator as estimator_module
-from xnect_app.estimator import PoseEstimator, cpu_has_bf16, letterbox, resolve_precision
+from xnect_app.estimator import DecodeConfig, ModelConfig, PoseEstimator, TrackConfig
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net, Stage1Output
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
-from xnect_app.train.export import export_weights
+from xnect_app.runtime import precision as precision_module
+from xnect_app.runtime.precision import cpu_has_bf16, resolve_precision
+from xnect_app.runtime.preprocess import letterbox
+from xnect_app.train.release import export_weights
 from xnect_app.types import Intrinsics
+
+UNTRACKED = TrackConfig(tracking=False)
+
+
+def random_model(**kw) -> ModelConfig:
+    """A small untrained network (tests of the plumbing)."""
+    return ModelConfig(random_init=True, backbone="selecsls42b", **{"input_size": (128, 96), **kw})
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
 
@@ -52,8 +61,8 @@ def test_the_decode_chain_recovers_people_in_frame_pixels_and_camera_millimetres
                          height_px=(250, 450))
     kp_net = scene.kp2d.copy()
     kp_net[..., :2] = (kp_net[..., :2] + 0.5) * 0.5 - 0.5
-    est = PoseEstimator.from_networks(_PerfectStage1(kp_net, scene.kp3d_rel_mm), None, fov=60.0,
-                                      tracking=False)
+    est = PoseEstimator.from_networks(_PerfectStage1(kp_net, scene.kp3d_rel_mm), None, decode=DecodeConfig(fov=60.0),
+                                      track=UNTRACKED)
     res = est(np.zeros((frame_h, frame_w, 3), np.uint8))
     assert res.image_size == (frame_w, frame_h) and len(res.people) == 3
     for p in res.people:
@@ -66,7 +75,7 @@ def test_the_decode_chain_recovers_people_in_frame_pixels_and_camera_millimetres
 
 
 def test_random_init_runs_on_a_real_sized_frame_and_reports_timings():
-    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(256, 160), tracking=False)
+    est = PoseEstimator(random_model(input_size=(256, 160)), track=UNTRACKED)
     res = est(np.random.default_rng(0).integers(0, 255, (576, 768, 3), dtype=np.uint8))
     assert res.image_size == (768, 576)
     assert {"preprocess", "stage1", "decode"} <= set(res.timings_ms)
@@ -75,13 +84,17 @@ def test_random_init_runs_on_a_real_sized_frame_and_reports_timings():
 
 def test_missing_default_weights_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="random_init"):
-        PoseEstimator(weights=tmp_path / "nope.pt")
+        PoseEstimator(ModelConfig(weights=tmp_path / "nope.pt"))
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     with pytest.raises(ValueError, match="not a readable xnect weights file"):
-        PoseEstimator(weights=bad)
+        PoseEstimator(ModelConfig(weights=bad))
     with pytest.raises(ValueError, match="multiples of 16"):
-        PoseEstimator(random_init=True, input_size=(500, 300))
+        ModelConfig(random_init=True, input_size=(500, 300))
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        PoseEstimator(ModelConfig(checkpoint=tmp_path / "last.pt"))
+    with pytest.raises(ValueError, match="exclude each other"):
+        PoseEstimator(ModelConfig(weights=bad, random_init=True))
 
 
 def test_exported_weights_load_into_the_estimator_and_give_the_same_maps(tmp_path):
@@ -91,12 +104,17 @@ def test_exported_weights_load_into_the_estimator_and_give_the_same_maps(tmp_pat
     torch.save({"model": net.state_dict(), "stage1_config": net.cfg.to_dict(), "step": 7}, ck)
     out = tmp_path / "w.pt"
     export_weights(str(ck), None, str(out), half=False)
-    est = PoseEstimator(weights=out, input_size=(128, 128), tracking=False, precision="fp32")
+    est = PoseEstimator(ModelConfig(weights=out, input_size=(128, 128), precision="fp32"), track=UNTRACKED)
     x = torch.rand(1, 3, 128, 128) * 255
     with torch.no_grad():
         a, b = net(x), est.stage1(x)
     assert torch.allclose(a.heatmaps, b.heatmaps) and torch.allclose(a.enc3d, b.enc3d)
     assert est.model_name == "w"
+    from_checkpoint = PoseEstimator(ModelConfig(checkpoint=ck, input_size=(128, 128), precision="fp32"),
+                                    track=UNTRACKED)
+    with torch.no_grad():
+        c = from_checkpoint.stage1(x)
+    assert torch.allclose(a.heatmaps, c.heatmaps) and from_checkpoint.model_name == f"{tmp_path.name}@7"
 
 
 def test_networks_run_on_one_thread_whichever_thread_calls():
@@ -104,7 +122,7 @@ def test_networks_run_on_one_thread_whichever_thread_calls():
     stay on one thread (two OpenMP pools on 2 cores made DynConv Stage I 2x slower)."""
     import threading
 
-    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False)
+    est = PoseEstimator(random_model(), track=UNTRACKED)
     ran_on = []
     est.stage1.register_forward_hook(lambda *_: ran_on.append(threading.get_ident()))
     frame = np.full((96, 128, 3), 90, np.uint8)
@@ -117,8 +135,7 @@ def test_networks_run_on_one_thread_whichever_thread_calls():
     with pytest.raises(ValueError, match="uint8 BGR"):  # errors reach the caller
         est(frame.astype(np.float32))
 
-    inline = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False,
-                           torch_thread=False)
+    inline = PoseEstimator(random_model(torch_thread=False), track=UNTRACKED)
     inline.stage1.register_forward_hook(lambda *_: ran_on.append(threading.get_ident()))
     inline(frame)
     assert ran_on[-1] == threading.get_ident()
@@ -133,25 +150,25 @@ def test_bf16_is_detected_from_the_cpu_flags():
 
 def test_precision_auto_follows_the_cpu_and_bf16_needs_the_torch_backend_on_the_cpu(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(estimator_module, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: True)
     assert resolve_precision("auto", "torch", cpu) == "bf16"
     assert resolve_precision("auto", "onnxruntime", cpu) == "fp32"
     assert resolve_precision("auto", "torch", cuda) == "fp32"
     assert resolve_precision("fp32", "torch", cpu) == "fp32"
-    monkeypatch.setattr(estimator_module, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(precision_module, "cpu_has_bf16", lambda: False)
     assert resolve_precision("auto", "torch", cpu) == "fp32"
     assert resolve_precision("bf16", "torch", cpu) == "bf16"  # asked for: emulated, slower, still works
     with pytest.raises(ValueError, match="torch backend on the CPU"):
         resolve_precision("bf16", "onnxruntime", cpu)
     with pytest.raises(ValueError, match="precision 'fp16'"):
-        PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), precision="fp16")
-    est = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), tracking=False)
+        random_model(precision="fp16")
+    est = PoseEstimator(random_model(), track=UNTRACKED)
     assert est.precision == "fp32" and est.settings()["precision"] == "fp32" and not est.stage1.bf16_inference
 
 
 @pytest.mark.skipif(not COCO_DEV.is_dir(), reason="needs ../shared/data/coco_dev")
 def test_bf16_inference_finds_the_people_fp32_finds_on_real_photos():
-    fp32, bf16 = (PoseEstimator(tracking=False, fit_skeleton=False, precision=p, torch_thread=False)
+    fp32, bf16 = (PoseEstimator(ModelConfig(precision=p, torch_thread=False), track=UNTRACKED)
                   for p in ("fp32", "bf16"))
     assert bf16.settings()["precision"] == "bf16"
     checked = 0
@@ -159,7 +176,7 @@ def test_bf16_inference_finds_the_people_fp32_finds_on_real_photos():
         img = cv2.imread(str(path))
         inp = letterbox(img, fp32.input_size)[0]
         with torch.inference_mode():
-            maps = [est._dense_maps([inp])[0] for est in (fp32, bf16)]
+            maps = [est.runner([inp]).heatmaps for est in (fp32, bf16)]
         assert maps[1].dtype == np.float32 and not np.array_equal(maps[0], maps[1])  # really bfloat16
         assert np.abs(maps[1] - maps[0]).max() < 0.15 * np.abs(maps[0]).max()
         a, b = fp32(img).people, bf16(img).people
@@ -172,3 +189,22 @@ def test_bf16_inference_finds_the_people_fp32_finds_on_real_photos():
             assert d and min(d) < 0.05 * size, (path.name, p.score, d)
             checked += 1
     assert checked >= 3
+
+
+def test_the_first_releases_keywords_still_work_with_a_deprecation_warning(tmp_path):
+    frame = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    new = PoseEstimator(random_model(seed=3), DecodeConfig(min_score=0.3), UNTRACKED)
+    with pytest.warns(DeprecationWarning, match="ModelConfig"):
+        old = PoseEstimator(random_init=True, backbone="selecsls42b", input_size=(128, 96), seed=3, min_score=0.3,
+                            tracking=False)
+    assert old.settings() == new.settings() and not old.tracking
+    a, b = new.detect_batch([frame])[0], old.detect_batch([frame])[0]
+    assert [p.to_dict((128, 96)) for p in a.people] == [p.to_dict((128, 96)) for p in b.people]
+    with pytest.warns(DeprecationWarning, match="ModelConfig"):
+        trained = PoseEstimator.from_networks(new.stage1, None, tracking=False, fit_skeleton=False, dynconv=False)
+    assert trained.model_name == "selecsls42b (in training)" and not trained.model.torch_thread
+    with pytest.warns(DeprecationWarning, match="runtime.preprocess"):
+        from xnect_app.estimator import letterbox as old_letterbox
+    assert old_letterbox is letterbox
+    with pytest.raises(TypeError, match="flip_tset"), pytest.warns(DeprecationWarning):
+        PoseEstimator(random_init=True, flip_tset=True)

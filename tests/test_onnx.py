@@ -16,15 +16,20 @@ pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip 
 
 from xnect_app import skeleton  # noqa: E402
 from xnect_app.cli.export import main as export_main  # noqa: E402
-from xnect_app.estimator import PoseEstimator, default_weights_path, letterbox  # noqa: E402
-from xnect_app.export import (META_FILE, STAGE1_FILE, STAGE2_FILE, OnnxNetworks, export_onnx, read_meta,  # noqa: E402
-                              stage2_onnx_bytes)
+from xnect_app.estimator import ModelConfig, PoseEstimator, TrackConfig  # noqa: E402
+from xnect_app.runtime.onnx import (META_FILE, STAGE1_FILE, STAGE2_FILE, OnnxNetworks, export_onnx,  # noqa: E402
+                                    read_meta, stage2_onnx_bytes)
+from xnect_app.runtime.preprocess import letterbox  # noqa: E402
+from xnect_app.weights import default_weights_path  # noqa: E402
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net  # noqa: E402
 from xnect_app.nn.stage2 import Stage2Ensemble, Stage2EnsembleConfig, Stage2Net  # noqa: E402
 
 VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
 SIZE = (256, 160)
 CLIPS = (("two_people_courtyard.mp4", 5), ("two_people_courtyard.mp4", 30), ("short_clip.mp4", 2))
+UNTRACKED = TrackConfig(tracking=False)
+TORCH = ModelConfig(input_size=SIZE, precision="fp32", torch_thread=False)
+ORT = ModelConfig(input_size=SIZE, backend="onnxruntime", torch_thread=False)
 
 
 def _read_frame(name: str, index: int) -> np.ndarray:
@@ -113,8 +118,8 @@ def _assert_same_people(want, got, strict: bool) -> None:
 
 
 def test_onnxruntime_backend_finds_the_same_people_as_torch(networks, onnx_dir, frames):
-    torch_est = PoseEstimator.from_networks(*networks, input_size=SIZE, tracking=False, precision="fp32")
-    ort_est = PoseEstimator(backend="onnxruntime", onnx_dir=onnx_dir, input_size=SIZE, tracking=False)
+    torch_est = PoseEstimator.from_networks(*networks, TORCH, track=UNTRACKED)
+    ort_est = PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=onnx_dir, input_size=SIZE), track=UNTRACKED)
     assert ort_est.model_name == "parity-test" and ort_est.stage1 is None
     for want, got in zip(torch_est.detect_batch(frames), ort_est.detect_batch(frames)):
         assert len(want.people) >= 5
@@ -124,9 +129,9 @@ def test_onnxruntime_backend_finds_the_same_people_as_torch(networks, onnx_dir, 
 
 @pytest.mark.skipif(not default_weights_path().is_file(), reason="trained weights (models/) not bundled yet")
 def test_trained_model_gives_the_same_people_in_onnxruntime(frames, tmp_path):
-    torch_est = PoseEstimator(tracking=False, precision="fp32")
+    torch_est = PoseEstimator(ModelConfig(precision="fp32"), track=UNTRACKED)
     export_onnx(torch_est.stage1, torch_est.stage2, tmp_path, torch_est.input_size, torch_est.model_name)
-    ort_est = PoseEstimator(backend="onnxruntime", onnx_dir=tmp_path, tracking=False)
+    ort_est = PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=tmp_path), track=UNTRACKED)
     found = 0
     for want, got in zip(torch_est.detect_batch(frames), ort_est.detect_batch(frames)):
         _assert_same_people(want.people, got.people, strict=True)
@@ -146,8 +151,8 @@ def test_in_memory_export_stage2_batches_and_no_people(networks, frames):
         want = stage2(*(torch.from_numpy(a).float() for a in (feats, readout, valid))).numpy()
     np.testing.assert_allclose(nets.stage2(feats, readout, valid), want, atol=1e-5)
     # backend="onnxruntime" without onnx_dir: the torch networks are exported in memory
-    est = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False, backend="onnxruntime")
-    ref = PoseEstimator.from_networks(stage1, stage2, input_size=SIZE, tracking=False, precision="fp32")
+    est = PoseEstimator.from_networks(stage1, stage2, ORT, track=UNTRACKED)
+    ref = PoseEstimator.from_networks(stage1, stage2, TORCH, track=UNTRACKED)
     _assert_same_people(ref(frames[2]).people, est(frames[2]).people, strict=False)
 
 
@@ -178,10 +183,10 @@ def test_cli_exports_a_fixed_size_model_the_estimator_runs(tmp_path, capsys, fra
     printed = capsys.readouterr().out
     assert f"wrote {out / STAGE1_FILE}" in printed and "check, max |onnxruntime - torch|" in printed
     assert not (out / STAGE2_FILE).exists() and read_meta(out)["stage2"] is None
-    est = PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=(128, 96))
+    est = PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=out, input_size=(128, 96)))
     assert est(frames[0]).image_size == (frames[0].shape[1], frames[0].shape[0])
     with pytest.raises(ValueError, match="fixed size"):
-        PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=(256, 160))
+        PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=out, input_size=(256, 160)))
 
 
 def test_cli_int8_export_of_the_bundled_model_finds_the_same_people(tmp_path, capsys, frames):
@@ -205,8 +210,8 @@ def test_cli_int8_export_of_the_bundled_model_finds_the_same_people(tmp_path, ca
     int8_convs = {n.name for n in convs if n.input[1] in dequantised}  # int8 weights
     assert int8_convs and all("/core/" in n for n in int8_convs)        # the core; the heads stay fp32
     assert any("b2d_conv1" in n.name for n in convs) and not any("b2d" in n or "b3d" in n for n in int8_convs)
-    fp32 = PoseEstimator(input_size=size, tracking=False, precision="fp32")
-    int8 = PoseEstimator(backend="onnxruntime", onnx_dir=out, input_size=size, tracking=False)
+    fp32 = PoseEstimator(ModelConfig(input_size=size, precision="fp32"), track=UNTRACKED)
+    int8 = PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=out, input_size=size), track=UNTRACKED)
     assert int8.model_name.endswith("int8")
     frame = _read_frame("two_people_courtyard.mp4", 30)
     ref, got = fp32(frame).people, int8(frame).people
@@ -244,6 +249,6 @@ def test_cli_refuses_an_output_path_that_is_a_file(tmp_path, capsys):
 
 def test_estimator_rejects_unknown_backends_and_foreign_directories(tmp_path):
     with pytest.raises(ValueError, match="backend"):
-        PoseEstimator(random_init=True, backbone="selecsls42b", backend="tensorrt")
+        ModelConfig(random_init=True, backbone="selecsls42b", backend="tensorrt")
     with pytest.raises(FileNotFoundError, match=META_FILE):
-        PoseEstimator(backend="onnxruntime", onnx_dir=tmp_path)
+        PoseEstimator(ModelConfig(backend="onnxruntime", onnx_dir=tmp_path))

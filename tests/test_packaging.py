@@ -29,12 +29,13 @@ def test_the_wheel_ships_weights_and_web_page_and_finds_them_when_installed(tmp_
     assert install.returncode == 0, install.stderr[-2000:]
     probe = (
         "import xnect_app, numpy as np\n"
-        "from xnect_app.estimator import PoseEstimator, default_weights_path\n"
+        "from xnect_app.estimator import ModelConfig, PoseEstimator\n"
+        "from xnect_app.weights import default_weights_path\n"
         "from xnect_app.server.state import DEFAULT_WEB_DIR\n"
         "print(xnect_app.__file__)\n"
         "print(default_weights_path())\n"
         "print((DEFAULT_WEB_DIR / 'index.html').is_file())\n"
-        "est = PoseEstimator(input_size=(128, 80))\n"
+        "est = PoseEstimator(ModelConfig(input_size=(128, 80)))\n"
         "print(len(est(np.zeros((80, 128, 3), np.uint8)).people) >= 0)\n"
     )
     run = subprocess.run([str(py), "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)

@@ -132,7 +132,7 @@ def test_the_heatmap_weight_scales_the_heatmap_term_and_the_logged_parts_stay_un
 
 
 def test_training_continues_from_an_exported_weights_file(tmp_path):
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     first = Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b"))
@@ -155,7 +155,7 @@ BUNDLED = Path(__file__).resolve().parents[1] / "models" / "xnect_selecsls60.pt"
 @pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled weights missing")
 def test_export_keeps_the_stage2_of_an_existing_weights_file(tmp_path):
     """`xnect-train export --stage2 models/xnect_selecsls60.pt`: a new Stage I with the bundled lifter."""
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b")).save()
@@ -173,9 +173,9 @@ def test_export_keeps_the_stage2_of_an_existing_weights_file(tmp_path):
 def test_export_with_several_stage2_makes_an_ensemble_the_estimator_averages(tmp_path):
     """`--stage2 A B`: both Stage II networks in one file; PoseEstimator's Stage II gives their mean
     pose, and an ensemble file given again joins with its members."""
-    from xnect_app.estimator import load_weights
+    from xnect_app.weights import load_weights
     from xnect_app.nn.stage2 import Stage2Config, Stage2Ensemble, Stage2Net
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b")).save()
@@ -230,8 +230,8 @@ def test_a_forward_hook_fires_once_on_the_fast_dense_path():
 
 
 def test_the_moving_average_of_the_weights_is_exported_and_survives_a_resume(tmp_path):
-    from xnect_app.estimator import _load_checkpoint
-    from xnect_app.train.export import export_weights
+    from xnect_app.weights import load_checkpoint
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     run = tmp_path / "run"
@@ -263,13 +263,13 @@ def test_the_moving_average_of_the_weights_is_exported_and_survives_a_resume(tmp
     assert resumed.ema_updates == 3
     assert torch.allclose(resumed.ema_net.b2d_out.weight, start + 1.25)
     assert torch.allclose(resumed.net.b2d_out.weight, start + 2.0)
-    net, _ = _load_checkpoint(run / "last.pt")  # xnect-eval --checkpoint sees what export writes
+    net, _ = load_checkpoint(run / "last.pt")  # xnect-eval --checkpoint sees what export writes
     assert torch.allclose(net.b2d_out.weight, start + 1.25)
     assert Trainer(TrainConfig(out_dir=str(tmp_path / "off"), backbone="selecsls42b", ema_decay=0)).ema_net is None
 
 
 def test_weight_averaging_every_k_steps_is_a_plain_mean_of_the_snapshots(tmp_path):
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     run = tmp_path / "run"
@@ -295,7 +295,7 @@ def test_weight_averaging_every_k_steps_is_a_plain_mean_of_the_snapshots(tmp_pat
 
 
 def test_export_of_several_checkpoints_is_the_mean_of_their_weights(tmp_path):
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     paths = []
@@ -325,7 +325,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def test_export_can_reestimate_the_batchnorm_statistics_on_training_crops(tmp_path):
     """`xnect-train export --bn-crops N`: BN statistics from N real training crops, every other
     weight as trained (for a GPU run's moving average, whose averaged statistics were off)."""
-    from xnect_app.train.export import export_weights
+    from xnect_app.train.release import export_weights
     from xnect_app.train.trainer import TrainConfig, Trainer
 
     Trainer(TrainConfig(out_dir=str(tmp_path / "a"), backbone="selecsls42b", size=(256, 160))).save()

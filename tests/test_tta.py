@@ -1,19 +1,22 @@
 """Test-time augmentation: mirrored maps turned back, rescaled maps resampled onto the input grid
 and fused, an estimator whose results mirror with the image, and the bench."""
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from xnect_app import skeleton
-from xnect_app.estimator import PoseEstimator, default_weights_path
+from xnect_app.estimator import ModelConfig, PoseEstimator, TrackConfig
 from xnect_app.pose.peaks import find_peaks
 from xnect_app.pose.synthetic import random_scene
 from xnect_app.pose.targets import render_targets
-from xnect_app.pose.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size, unmirror_maps
+from xnect_app.runtime.tta import average_with_mirror, fuse_scales, resize_maps, scaled_size, unmirror_maps
 from xnect_app.train.augment import flip_labels
+from xnect_app.weights import default_weights_path
+
+UNTRACKED = TrackConfig(tracking=False)
 
 COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
 
@@ -87,44 +90,44 @@ def test_scaled_sizes_stay_multiples_of_16():
 
 def test_flip_and_scales_are_dense_only():
     with pytest.raises(ValueError, match="dynconv"):
-        PoseEstimator(random_init=True, dynconv="motion", flip_test=True, torch_thread=False)
+        ModelConfig(random_init=True, dynconv="motion", flip_test=True)
     with pytest.raises(ValueError, match="dynconv"):
-        PoseEstimator(random_init=True, dynconv="motion", test_scales=(1, 0.5), torch_thread=False)
+        ModelConfig(random_init=True, dynconv="motion", test_scales=(1, 0.5))
     # scale 1 alone is the plain single pass
-    assert PoseEstimator(random_init=True, dynconv="motion", test_scales=(1.0,), torch_thread=False).dynconv
+    assert PoseEstimator(ModelConfig(random_init=True, dynconv="motion", test_scales=(1.0,), torch_thread=False)).dynconv
 
 
 def test_scales_and_a_reduced_mirror_run_on_both_backends_with_the_same_result():
     frame = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
-    kw = dict(random_init=True, input_size=(128, 80), test_scales=(1, 0.75, 0.5), flip_test=True, flip_scale=0.75,
-              tracking=False, torch_thread=False, precision="fp32")
-    torch_est = PoseEstimator(**kw)
-    ort_est = PoseEstimator.from_networks(torch_est.stage1, torch_est.stage2, backend="onnxruntime",
-                                          **{k: v for k, v in kw.items() if k != "random_init"})
-    with torch.inference_mode():
-        a = torch_est._dense_maps([frame[:80, :128].copy()])
-    b = ort_est._dense_maps([frame[:80, :128].copy()])
-    for x, y in zip(a, b):
+    model = ModelConfig(input_size=(128, 80), test_scales=(1, 0.75, 0.5), flip_test=True, flip_scale=0.75,
+                        torch_thread=False, precision="fp32")
+    torch_est = PoseEstimator(replace(model, random_init=True), track=UNTRACKED)
+    ort_est = PoseEstimator.from_networks(torch_est.stage1, torch_est.stage2, replace(model, backend="onnxruntime"),
+                                          track=UNTRACKED)
+    a = torch_est.runner([frame[:80, :128].copy()])
+    b = ort_est.runner([frame[:80, :128].copy()])
+    assert a.masks is None and b.masks is None
+    for x, y in zip(a[:3], b[:3]):
         assert x.shape[-2:] == (10, 16)
         np.testing.assert_allclose(x, y, atol=2e-3)
 
 
 def test_a_reduced_mirror_is_resampled_and_averaged_with_the_full_size_pass():
     frame = np.random.default_rng(1).integers(0, 255, (80, 128, 3), np.uint8)
-    est = PoseEstimator(random_init=True, input_size=(128, 80), flip_test=True, flip_scale=0.5, tracking=False,
-                        torch_thread=False, precision="fp32")
+    est = PoseEstimator(ModelConfig(random_init=True, input_size=(128, 80), flip_test=True, flip_scale=0.5,
+                                    torch_thread=False, precision="fp32"), track=UNTRACKED)
     assert est.settings()["flip_scale"] == 0.5
-    with torch.inference_mode():
-        got = est._dense_maps([frame])
-        plain = est._one_pass([frame])
-        small = cv2.resize(frame, scaled_size((128, 80), 0.5), interpolation=cv2.INTER_AREA)
-        small = np.ascontiguousarray(small[:, ::-1])
-        back = resize_maps(unmirror_maps(*est._one_pass([small])), (16, 10))
-    for g, a, b in zip(got, plain, back):
+    one_pass = est.runner.runner  # the single passes the flip test combines
+    got = est.runner([frame])
+    plain = one_pass([frame])
+    small = cv2.resize(frame, scaled_size((128, 80), 0.5), interpolation=cv2.INTER_AREA)
+    small = np.ascontiguousarray(small[:, ::-1])
+    back = resize_maps(unmirror_maps(*one_pass([small])[:3]), (16, 10))
+    for g, a, b in zip(got[:3], plain[:3], back):
         assert g.shape == a.shape and np.abs(a - b).max() > 1e-3  # the mirror's maps do differ
         np.testing.assert_allclose(g, (a + b) / 2, atol=1e-5)
     with pytest.raises(ValueError, match="flip scale"):
-        PoseEstimator(random_init=True, flip_test=True, flip_scale=1.5, torch_thread=False)
+        ModelConfig(random_init=True, flip_test=True, flip_scale=1.5)
 
 
 def test_flip_scale_on_the_command_line(capsys):
@@ -142,7 +145,7 @@ def test_with_flip_test_the_people_of_a_mirrored_photo_are_the_mirrored_people()
     photo = cv2.imread(str(COCO_DEV / "images" / "000000000192.jpg"))
     assert photo is not None
     photo = cv2.resize(photo, (640, 400))  # the input's aspect: no letterbox border to break symmetry
-    est = PoseEstimator(flip_test=True, tracking=False, torch_thread=False)
+    est = PoseEstimator(ModelConfig(flip_test=True, torch_thread=False), track=UNTRACKED)
     people = est(photo).people
     mirrored = est(np.ascontiguousarray(photo[:, ::-1])).people
     assert len(people) >= 1 and len(mirrored) == len(people)

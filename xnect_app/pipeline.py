@@ -23,6 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
+from .io.draw import Overlay
 from .io.sinks import Sink
 from .io.sources import END, Frame, FrameReader, LatestSlot, Source
 from .types import FrameResult
@@ -142,7 +143,6 @@ class Pipeline:
         self._lock = threading.Lock()
         needs_render = any(getattr(s, "needs_render", False) for s in self.sinks) or display is not None
         if needs_render and overlay is None:
-            from .io.draw import Overlay
             self.overlay = Overlay()
         self._render = needs_render
 

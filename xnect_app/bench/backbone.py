@@ -11,6 +11,7 @@ therefore first zeroes gamma and beta of a random fraction of each layer's chann
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import gc
 import json
@@ -23,11 +24,14 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from xnect_app.nn.selecsls import build, fuse_bn, fuse_conv_bn, prune
+from ..io.sinks import atomic_write_text
+from ..nn.selecsls import build, fuse_bn, fuse_conv_bn, prune, resolve_name
+from ..options import OneLineParser, UserError, non_negative_int, positive_int, run_cli, score
 
 _logger = logging.getLogger(__name__)
 
@@ -436,6 +440,85 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(positive_int(t) for t in text.split(",") if t.strip())
+
+
+def _size_list(text: str) -> tuple[tuple[int, int], ...]:
+    sizes = []
+    for item in text.split(","):
+        parts = item.lower().strip().split("x")
+        if len(parts) != 2 or not all(p.isdigit() for p in parts):
+            raise argparse.ArgumentTypeError(f"size {item!r} is not WIDTHxHEIGHT, e.g. 512x320")
+        w, h = int(parts[0]), int(parts[1])
+        if w < 32 or h < 32:
+            raise argparse.ArgumentTypeError(f"size {item!r}: width and height must be >= 32")
+        sizes.append((w, h))
+    return tuple(sizes)
+
+
+DESCRIPTION = ("Times SelecSLS features_only cores and a ResNet-50 stem+layer1..3 trunk\n"
+               "(both stride 16) on the CPU: dense, BN-fused and pruned. Pruning a random-\n"
+               "init model removes nothing, so 'pruned-sim' first zeroes a fraction of\n"
+               "the BN gammas (a simulation). Also measures training-step peak memory.\n"
+               "Prints tables, or one JSON document with --json.")
+EPILOG = ("examples:\n  xnect-bench backbone --quick\n"
+          "  xnect-bench backbone --json --out backbone.json\n"
+          "  xnect-bench backbone --models 60 --sizes 512x320 --batches 1 --runs 5")
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Options of the benchmark; pass a subparser to mount it under `xnect-bench backbone`."""
+    p = parser or OneLineParser(prog="xnect-bench backbone", description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
+    p.add_argument("--out", type=Path, metavar="PATH",
+                   help="also write the JSON document to PATH")
+    p.add_argument("--quick", action="store_true", help="batch 1 only (skips batch 16)")
+    p.add_argument("--runs", type=positive_int, default=3, metavar="N",
+                   help="timed runs per measurement (default: %(default)s)")
+    p.add_argument("--warmup", type=non_negative_int, default=1, metavar="N",
+                   help="untimed warm-up runs (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, metavar="T",
+                   help="torch CPU threads (default: torch's current setting)")
+    p.add_argument("--models", default="selecsls42b,selecsls60,selecsls84", metavar="NAMES",
+                   help="comma-separated SelecSLS variants; ResNet-50 is always added "
+                        "(default: %(default)s)")
+    p.add_argument("--sizes", type=_size_list, default="512x320,224x224", metavar="WxH[,WxH]",
+                   help="input sizes (default: %(default)s)")
+    p.add_argument("--batches", type=_int_list, default="1,16", metavar="N[,N]",
+                   help="batch sizes (default: %(default)s; --quick: 1)")
+    p.add_argument("--sim-sparsity", type=score, default=0.15, metavar="F",
+                   help="fraction of each layer's channels zeroed for the simulated-pruning "
+                        "variant; 0 turns it off (default: %(default)s)")
+    p.add_argument("--no-memory", action="store_true", help="skip the training-memory measurement")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point for a parsed namespace (what `xnect-bench backbone` calls)."""
+    try:
+        models = tuple(resolve_name(m.strip()) for m in args.models.split(",") if m.strip())
+    except KeyError as e:
+        raise UserError(e.args[0]) from None
+    if not models:
+        raise UserError("--models is empty")
+    cfg = BackboneBenchConfig(
+        models=models, sizes=args.sizes, batches=(1,) if args.quick else args.batches,
+        runs=args.runs, warmup=args.warmup, threads=args.threads or torch.get_num_threads(),
+        sim_sparsity=args.sim_sparsity, memory=not args.no_memory)
+    report = run_benchmark(cfg)
+    document = json.dumps(report, indent=1)
+    if args.out:
+        atomic_write_text(args.out, document + "\n")
+    print(document if args.json else format_report(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli("xnect-bench backbone", build_parser(), run, argv, user_errors=(OSError,))
+
+
 def _memory_worker_main(arg: str) -> int:
     name, batch, w, h, threads = json.loads(arg)
     print(json.dumps(memory_worker(name, batch, w, h, threads)))
@@ -445,5 +528,4 @@ def _memory_worker_main(arg: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--memory-worker":
         sys.exit(_memory_worker_main(sys.argv[2]))
-    from xnect_app.cli.bench import main
-    sys.exit(main(["backbone", *sys.argv[1:]]))
+    sys.exit(main())

@@ -43,13 +43,16 @@ import numpy as np
 import torch
 
 from .. import skeleton
-from ..cli.model_args import (UserError, add_model_args, build_estimator, cells, estimator_kwargs, fraction,
-                              non_negative_int, positive_int, run_cli)
-from ..estimator import letterbox
-from ..motion_mask import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, median_frame,
-                           moving_share_per_cell)
+from ..estimator import TrackConfig
+from ..io.sinks import atomic_write_text
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
+from ..options import (UserError, add_model_args, build_estimator, cells, decode_config, fraction, model_config,
+                       non_negative_int, positive_int, run_cli)
+from ..runtime.config import ModelConfig
+from ..runtime.motion import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, median_frame,
+                              moving_share_per_cell)
+from ..runtime.preprocess import letterbox
 from ..train.evaluate import coco_oks
 from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
 
@@ -235,9 +238,9 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
             median background image, at every masked layer's input) or "zero" (at block outputs,
             what DynConv training uses).
         first_block: first masked SelecSLS block with a motion mask (default
-            `motion_mask.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
+            `runtime.motion.FIRST_MASKED_BLOCK`, 0: everything after the stem, as the estimator runs).
         mask_source: "learned" (the network's mask unit), "oracle" (median of the whole clip) or
-            "motion" (the causal `motion_mask.MotionGate` that `--dynconv-mask motion` uses: only
+            "motion" (the causal `runtime.motion.MotionGate` that `--dynconv-mask motion` uses: only
             past frames; it sees `first_mask_frame` frames before the timed ones); None: learned when the
             network has a mask unit, else oracle.
         stability: also compare dense with dense on the same frame slightly changed (re-encoded
@@ -248,9 +251,11 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     if threads:
         torch.set_num_threads(threads)
     if estimator is None:
-        estimator = build_estimator(random_init=True, tracking=False, torch_thread=False)
+        estimator = build_estimator(ModelConfig(random_init=True, torch_thread=False),
+                                    track=TrackConfig(tracking=False))
     est = estimator
-    est.tracking = False
+    if est.tracking:
+        raise ValueError("the DynConv bench compares single frames: give an estimator without tracking")
     est.reset()
     net = est.stage1
     if mask_source is None:
@@ -348,12 +353,11 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     net.set_sparse(False, None, background=None, mask_unit=False)
     report = _report(rows, est, learned, budget, margin, video, load_before, torch.get_num_threads())
     if causal:
-        report["mask"] = (f"CAUSAL motion mask (motion_mask.MotionGate: median background of past frames only, "
+        report["mask"] = (f"CAUSAL motion mask (runtime.motion.MotionGate: median background of past frames only, "
                           f"margin {margin} cells), what --dynconv-mask motion runs")
     report["fill"] = "zero (learned mask)" if learned else fill
     report["first_masked_block"] = net.first_masked_block if learned else first_block
     if json_out:
-        from ..io.sinks import atomic_write_text
         atomic_write_text(Path(json_out), json.dumps(report, indent=1) + "\n")
     return report
 
@@ -525,7 +529,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="also report dense vs dense on each frame re-encoded as JPEG 95 and shifted by "
                         "1 px (untimed): the model's own agreement under invisible changes")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
-    p.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
     p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     add_model_args(p)
@@ -539,14 +542,8 @@ def run(args: argparse.Namespace) -> int:
                         "and sparse Stage I passes")
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.checkpoint:
-        from ..estimator import PoseEstimator
-        if not Path(args.checkpoint).is_file():
-            raise UserError(f"{args.checkpoint}: no such checkpoint")
-        est = PoseEstimator.from_checkpoint(args.checkpoint, input_size=tuple(args.input_size),
-                                            tracking=False, torch_thread=False)
-    else:  # this bench runs the networks itself, on this thread
-        est = build_estimator(**estimator_kwargs(args, tracking=False), torch_thread=False)
+    # this bench runs the networks itself, on this thread
+    est = build_estimator(model_config(args, torch_thread=False), decode_config(args), TrackConfig(tracking=False))
     report: dict[str, Any] = {}
     reports = []
     for i, margin in enumerate(args.margin if args.frames else []):
@@ -565,7 +562,6 @@ def run(args: argparse.Namespace) -> int:
     if not reports:
         print(json.dumps(report.get("sweep"), indent=1))
     if args.json:
-        from ..io.sinks import atomic_write_text
         atomic_write_text(Path(args.json), json.dumps(report, indent=1) + "\n")
     return 0
 

@@ -35,7 +35,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -43,17 +43,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cli.model_args import UserError, fail, input_size
-from ..estimator import PoseEstimator, default_weights_path, letterbox, load_weights
-from ..export import INT8_CALIBRATION_METHODS
+from ..estimator import PoseEstimator, TrackConfig
+from ..io.sinks import atomic_write_text
 from ..nn.selecsls import prune
-from ..nn.stage1 import Stage1Config, Stage1Net
+from ..nn.stage1 import Stage1Net
+from ..options import DATA_ROOT, SOURCE_OPTIONS, UserError, add_model_args, fail, input_size, model_config
+from ..runtime.config import ModelConfig
+from ..runtime.onnx import INT8_CALIBRATION_METHODS, calibration_images, export_onnx, quantize_stage1_int8
+from ..runtime.preprocess import letterbox
+from ..train.evaluate import evaluate_coco
+from ..weights import load_networks
 from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
 
 _logger = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_DATA = REPO.parent / "shared" / "data"
+DEFAULT_DATA = Path(DATA_ROOT)
 VARIANTS = ("fp32", "default", "folded-fp32", "bf16", "fused", "fused+pruned", "channels-last", "compiled", "ort",
             "ort-int8")
 PRUNE_GAMMA = 1e-3
@@ -112,7 +116,12 @@ def _count_channels(net: nn.Module) -> int:
 def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
                    workdir: Path) -> dict[str, tuple[PoseEstimator | None, dict[str, Any]]]:
     """{variant: (estimator or None if it failed, notes)} in cfg.variants order."""
-    kw = dict(input_size=cfg.size, tracking=False, precision="fp32")
+    model = ModelConfig(input_size=cfg.size, precision="fp32", torch_thread=False)
+    untracked = TrackConfig(tracking=False)
+
+    def make(net: Stage1Net, **settings: Any) -> PoseEstimator:
+        return PoseEstimator.from_networks(net, stage2, replace(model, **settings), track=untracked, name=name)
+
     out: dict[str, tuple[PoseEstimator | None, dict[str, Any]]] = {}
     pruned: Stage1Net | None = None
 
@@ -123,23 +132,20 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
         return pruned
 
     builders: dict[str, Callable[[], tuple[PoseEstimator, dict[str, Any]]]] = {
-        "fp32": lambda: (PoseEstimator.from_networks(eager_stage1(stage1), stage2, _name=name, **kw), {}),
-        "default": lambda: _default_estimator(stage1, stage2, name, kw),
-        "folded-fp32": lambda: (PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name, **kw), {}),
-        "bf16": lambda: (PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name,
-                                                     **{**kw, "precision": "bf16"}), {}),
-        "fused": lambda: (PoseEstimator.from_networks(fused_stage1(stage1), stage2, _name=name, **kw), {}),
+        "fp32": lambda: (make(eager_stage1(stage1)), {}),
+        "default": lambda: _default_estimator(make(copy.deepcopy(stage1), precision="auto")),
+        "folded-fp32": lambda: (make(copy.deepcopy(stage1)), {}),
+        "bf16": lambda: (make(copy.deepcopy(stage1), precision="bf16"), {}),
+        "fused": lambda: (make(fused_stage1(stage1)), {}),
         "fused+pruned": lambda: (
-            PoseEstimator.from_networks(get_pruned(), stage2, _name=name, **kw),
+            make(get_pruned()),
             {"conv_channels": _count_channels(get_pruned()), "conv_channels_before": _count_channels(
                 fused_stage1(stage1)), "gamma_thresh": PRUNE_GAMMA}),
         "channels-last": lambda: (
-            PoseEstimator.from_networks(ChannelsLast(copy.deepcopy(get_pruned())), stage2, _name=name, **kw), {}),
-        "compiled": lambda: (PoseEstimator.from_networks(torch.compile(copy.deepcopy(get_pruned())), stage2,
-                                                         _name=name, **kw), {"note": "compiled on first call"}),
-        "ort": lambda: (PoseEstimator.from_networks(get_pruned(), stage2, _name=name, backend="onnxruntime",
-                                                    onnx_threads=cfg.threads, **kw), {}),
-        "ort-int8": lambda: _int8_estimator(get_pruned(), stage2, cfg, name, workdir, kw),
+            make(ChannelsLast(copy.deepcopy(get_pruned()))), {}),
+        "compiled": lambda: (make(torch.compile(copy.deepcopy(get_pruned()))), {"note": "compiled on first call"}),
+        "ort": lambda: (make(get_pruned(), backend="onnxruntime", onnx_threads=cfg.threads), {}),
+        "ort-int8": lambda: _int8_estimator(get_pruned(), stage2, cfg, name, workdir, model, untracked),
     }
     for v in cfg.variants:
         t0 = time.perf_counter()
@@ -154,14 +160,12 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
     return out
 
 
-def _default_estimator(stage1, stage2, name: str, kw: dict):
-    est = PoseEstimator.from_networks(copy.deepcopy(stage1), stage2, _name=name, **{**kw, "precision": "auto"})
+def _default_estimator(est: PoseEstimator):
     return est, {"precision": est.precision}
 
 
-def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Path, kw: dict):
-    from ..export import calibration_images, export_onnx, quantize_stage1_int8
-
+def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Path, model: ModelConfig,
+                    track: TrackConfig):
     d = workdir / "int8"
     export_onnx(stage1, stage2, d, cfg.size, name, dynamic_hw=False)
     try:
@@ -169,7 +173,7 @@ def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Pat
     except ValueError as e:
         raise UserError(str(e)) from None
     quantize_stage1_int8(d, calib, cfg.calib_method)
-    est = PoseEstimator(backend="onnxruntime", onnx_dir=d, onnx_threads=cfg.threads, torch_thread=False, **kw)
+    est = PoseEstimator(replace(model, backend="onnxruntime", onnx_dir=str(d), onnx_threads=cfg.threads), track=track)
     return est, {"calibration_images": len(calib), "calibration_from": str(cfg.calib_dir),
                  "calibration_method": cfg.calib_method}
 
@@ -178,11 +182,7 @@ def _int8_estimator(stage1, stage2, cfg: FastpathConfig, name: str, workdir: Pat
 
 def _stage1_maps(est: PoseEstimator, frame: np.ndarray) -> list[np.ndarray]:
     """The maps a variant gives for one frame (for the agreement with fp32)."""
-    x = letterbox(frame, est.input_size)[0].transpose(2, 0, 1)[None].astype(np.float32)
-    if est._ort is not None:
-        return list(est._ort.stage1(x))
-    with torch.inference_mode():
-        return [t.float().numpy() for t in est.stage1(torch.from_numpy(x))]
+    return list(est.runner([letterbox(frame, est.input_size)[0]])[:3])
 
 
 def run_benchmark(stage1: Stage1Net, stage2, model_name: str, cfg: FastpathConfig) -> dict[str, Any]:
@@ -228,8 +228,6 @@ def run_benchmark(stage1: Stage1Net, stage2, model_name: str, cfg: FastpathConfi
                     row["net_speedup"] = round(row["net_fps"] / base["net_fps"], 3)
                     row["e2e_speedup"] = round(row["e2e_fps"] / base["e2e_fps"], 3)
         if cfg.ap:
-            from ..train.evaluate import evaluate_coco
-
             for v, est in ests.items():
                 t0 = time.perf_counter()
                 ev = evaluate_coco(est, cfg.coco_dev)
@@ -307,12 +305,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     """Options; pass a subparser to mount it under `xnect-bench fastpath`."""
     p = parser or argparse.ArgumentParser(prog="xnect-bench fastpath", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("model (default: the bundled weights in models/)")
-    src.add_argument("--weights", metavar="PATH", help="weights file made by `xnect-train export`")
-    src.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
-    src.add_argument("--random-weights", action="store_true", help="an untrained, seeded network")
-    src.add_argument("--seed", type=int, default=0, help="seed for --random-weights")
-    src.add_argument("--backbone", default="selecsls60", help="SelecSLS variant for --random-weights")
+    add_model_args(p, only=SOURCE_OPTIONS, title="model (default: the bundled weights in models/)")
     add_video_arg(p)
     p.add_argument("--input-size", type=input_size, default=(512, 320), metavar="WxH", help="default 512x320")
     p.add_argument("--frames", type=int, default=12, help="frames per round (default: %(default)s)")
@@ -325,36 +318,21 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="activation range calibration for ort-int8 (default: %(default)s)")
     p.add_argument("--no-ap", action="store_true", help="skip the body-joint AP on coco_dev")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="data folder with coco_dev/ and "
-                   "coco_train_extra/ (default: ../shared/data)")
+                   f"coco_train_extra/ (default: {DATA_ROOT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
     p.add_argument("--out", type=Path, metavar="PATH", help="also write the JSON document to PATH")
     return p
 
 
 def _networks(args: argparse.Namespace):
-    chosen = [f for f, on in (("--weights", args.weights), ("--checkpoint", args.checkpoint),
-                              ("--random-weights", args.random_weights)) if on]
-    if len(chosen) > 1:
-        raise UserError(f"{' and '.join(chosen)} exclude each other")
-    if args.random_weights:
-        torch.manual_seed(args.seed)
-        try:
-            return Stage1Net(Stage1Config(backbone=args.backbone)).eval(), None, f"{args.backbone} (random init)"
-        except KeyError as e:
-            raise UserError(str(e.args[0])) from None
-    if args.checkpoint:
-        if not Path(args.checkpoint).is_file():
-            raise UserError(f"checkpoint {args.checkpoint!r} not found")
-        est = PoseEstimator.from_checkpoint(args.checkpoint, tracking=False, torch_thread=False)
-        return est.stage1, None, est.model_name
-    path = Path(args.weights) if args.weights else default_weights_path()
-    if not path.is_file():
-        raise UserError(f"weights file {str(path)!r} not found (pass --weights, --checkpoint or --random-weights)")
+    m = model_config(args)
     try:
-        s1, s2 = load_weights(path)
-    except ValueError as e:
+        s1, s2, name = load_networks(m.weights, m.checkpoint, m.random_init, m.backbone, m.seed)
+    except (FileNotFoundError, ValueError) as e:
         raise UserError(str(e)) from None
-    return s1.eval(), (s2.eval() if s2 is not None else None), path.stem
+    except KeyError as e:  # unknown backbone name
+        raise UserError(str(e.args[0])) from None
+    return s1.eval(), (s2.eval() if s2 is not None else None), name
 
 
 def run(args: argparse.Namespace) -> int:
@@ -379,7 +357,6 @@ def run(args: argparse.Namespace) -> int:
     rep = run_benchmark(stage1, stage2, name, cfg)
     doc = json.dumps(rep, indent=1)
     if args.out:
-        from ..io.sinks import atomic_write_text
         atomic_write_text(args.out, doc + "\n")
     print(doc if args.json else format_report(rep))
     return 0

@@ -19,7 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..cli.model_args import UserError, add_model_args, build_estimator, estimator_kwargs, run_cli
+import cv2
+
+from ..io.draw import Overlay
+from ..io.sinks import JsonlSink, VideoSink, atomic_write_text, close_all
+from ..io.sources import VideoSource
+from ..options import UserError, add_model_args, build_estimator, decode_config, model_config, run_cli
+from ..pipeline import Pipeline
 from .frames import add_video_arg
 
 LOG = logging.getLogger(__name__)
@@ -40,12 +46,6 @@ def benchmark_pipeline(video: str | Path, estimator, *, frames: int = 150, warmu
         {"video", "frames", "model", "input_size", "sequential": stats, "threaded": stats,
          "speedup"} with RunStats.summary_dict() per mode.
     """
-    import cv2
-    from ..io.draw import Overlay
-    from ..io.sinks import JsonlSink, VideoSink, close_all
-    from ..io.sources import VideoSource
-    from ..pipeline import Pipeline
-
     cap = cv2.VideoCapture(str(video))
     ok, first = cap.read()
     cap.release()
@@ -184,14 +184,13 @@ def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench pipeline` calls)."""
     if not Path(args.video).is_file():
         raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
-    est = build_estimator(**estimator_kwargs(args))
+    est = build_estimator(model_config(args), decode_config(args))
     t0 = time.perf_counter()
     res = benchmark_pipeline(args.video, est, frames=args.frames, repeats=args.repeats,
                              outputs=not args.no_outputs)
     res["bench_wall_s"] = time.perf_counter() - t0
     print(format_report(res))
     if args.json:
-        from ..io.sinks import atomic_write_text
         atomic_write_text(Path(args.json), json.dumps(res, indent=1) + "\n")
     return 0
 

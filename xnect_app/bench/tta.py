@@ -16,14 +16,17 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..cli.model_args import (UserError, add_model_args, build_estimator, estimator_kwargs, fraction, run_cli,
-                              scale_list)
+from ..estimator import PoseEstimator, TrackConfig
+from ..io.sinks import atomic_write_text
+from ..options import (UserError, add_model_args, build_estimator, decode_config, fraction, model_config, run_cli,
+                       scale_list)
 from .frames import add_video_arg, read_frames
 
 _log = logging.getLogger(__name__)
@@ -100,19 +103,17 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    kw = estimator_kwargs(args, tracking=False)
-    base = build_estimator(**kw, torch_thread=False)
-    for key in ("weights", "backbone", "random_init", "seed"):  # the networks are shared
-        kw.pop(key, None)
-    estimators = [(name, base if not extra else
-                   type(base).from_networks(base.stage1, base.stage2, **kw, **extra))
+    model, decode, track = model_config(args, torch_thread=False), decode_config(args), TrackConfig(tracking=False)
+    base = build_estimator(model, decode, track)
+    estimators = [(name, base if not extra else  # the networks are shared
+                   PoseEstimator.from_networks(base.stage1, base.stage2, replace(model, **extra), decode, track,
+                                               name=base.model_name))
                   for name, extra in settings(tuple(args.bench_scales), args.bench_flip_scale)]
     frames = read_frames(args.video, args.frames, args.start)
     _log.info("timing %d settings on %d frames", len(estimators), len(frames))
     rows = run_tta_bench(frames, estimators)
     print(format_report(rows, base.input_size, len(frames), torch.get_num_threads()))
     if args.json:
-        from ..io.sinks import atomic_write_text
         atomic_write_text(Path(args.json), json.dumps({"frames": len(frames), "rows": rows}, indent=1) + "\n")
     return 0
 

@@ -20,8 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-from .model_args import (OneLineParser, UserError, add_model_args, build_estimator, estimator_kwargs, positive_int,
-                         run_cli)
+from ..estimator import TrackConfig
+from ..io.draw import Overlay, Window, display_available
+from ..io.sinks import JsonlSink, VideoSink, close_all
+from ..io.sources import ImageSource, SourceError, open_source
+from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, model_config,
+                       positive_int, run_cli)
+from ..pipeline import Pipeline
 
 PROG = "xnect-demo"
 EXIT_DAMAGED_INPUT = 3
@@ -54,7 +59,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _open_source(args: argparse.Namespace):
-    from ..io.sources import open_source
     if args.camera is not None:
         return open_source(args.camera, kind="camera")
     if args.video is not None:
@@ -89,11 +93,6 @@ def _stdin_quit(pipeline) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..io.draw import Overlay, Window, display_available
-    from ..io.sinks import JsonlSink, VideoSink, close_all
-    from ..io.sources import ImageSource, SourceError
-    from ..pipeline import Pipeline
-
     record = _check_output(args.record, "--record")
     jsonl = _check_output(args.jsonl, "--jsonl")
     source = _open_source(args)
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     if source.live:  # opened only to fail fast; reopen after the model loads, without a backlog
         source.close()
-    est = build_estimator(**estimator_kwargs(args, tracking=not is_images))
+    est = build_estimator(model_config(args), decode_config(args), TrackConfig(tracking=not is_images))
     if args.show_mask and not (est.dynconv or (est.stage1 is not None and est.stage1.cfg.dynconv)):
         raise UserError("--show-mask needs --dynconv (or weights with a DynConv mask unit)")
     if source.live:

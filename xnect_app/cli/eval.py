@@ -29,10 +29,27 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, add_flip_arg, add_precision_arg, fail, flip_kwargs,
-                         fraction, input_size, non_negative_int, scale_list, score)
+from ..estimator import PoseEstimator, TrackConfig
+from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, fail, model_config,
+                       non_negative_int)
+from ..runtime.config import ModelConfig
+from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
+from ..train.data import LSPET_HELDOUT
+from ..train.evaluate import bootstrap_ap, evaluate_coco, evaluate_pck, load_coco_json, lspet_as_coco
+
+PROG = "xnect-eval"
+UNTRACKED = TrackConfig(tracking=False, fit_skeleton=False)
+
+
+def _estimator(a: argparse.Namespace, model: ModelConfig, what: str = "") -> PoseEstimator:
+    """The estimator of `model` with the tool's decoding, for independent images; exit 2 if it cannot be built."""
+    try:
+        return build_estimator(model, decode_config(a), UNTRACKED)
+    except UserError as e:
+        fail(PROG, f"{what}{e}", code=2)
 
 
 def _augmentation(a: argparse.Namespace) -> str:
@@ -43,46 +60,34 @@ def _augmentation(a: argparse.Namespace) -> str:
 
 
 def _coco(a: argparse.Namespace) -> None:
-    from ..estimator import PoseEstimator
-    from ..train.evaluate import bootstrap_ap, evaluate_coco, load_coco_json
-
     try:
         data, _ = load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
-        fail("xnect-eval", f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
-    plain_kw = dict(input_size=tuple(a.input_size), tracking=False, fit_skeleton=False, threshold=a.threshold,
-                    min_score=a.min_score, dynconv="learned" if a.dynconv else False,
-                    dynconv_budget=a.dynconv_budget, precision=a.precision)
-    augmented = bool(flip_kwargs(a) or a.scales)
-    kw = {**plain_kw, "test_scales": a.scales or (1.0,), **flip_kwargs(a)}
-
-    def evaluated_weights(**k) -> PoseEstimator:  # --checkpoint or --weights
-        return PoseEstimator.from_checkpoint(a.checkpoint, **k) if a.checkpoint else \
-            PoseEstimator(weights=a.weights, **k)
-
+        fail(PROG, f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
     try:
-        est = evaluated_weights(**kw)
-    except (FileNotFoundError, ValueError) as e:
-        fail("xnect-eval", str(e), code=2)
+        model = model_config(a)
+    except UserError as e:
+        fail(PROG, str(e), code=2)
+    augmented = model.augmented
+    plain = replace(model, flip_test=False, flip_scale=1.0, test_scales=(1.0,))
+    est = _estimator(a, model)
     if a.teacher3d and not Path(a.teacher3d).is_file():
-        fail("xnect-eval", f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
+        fail(PROG, f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
                            "--for-eval --datasets NAME makes one)", code=2)
     compare = bool(a.against or a.against_plain)
     if a.against_plain and not augmented:
-        fail("xnect-eval", "--against-plain compares test-time augmentation with none: add --flip, --flip-scale "
+        fail(PROG, "--against-plain compares test-time augmentation with none: add --flip, --flip-scale "
                            "or --scales", code=2)
     resamples = a.bootstrap if a.bootstrap is not None else (1000 if compare else 0)
     if compare and not resamples:
-        fail("xnect-eval", "--against / --against-plain compare on resampled images: leave out --bootstrap 0", code=2)
+        fail(PROG, "--against / --against-plain compare on resampled images: leave out --bootstrap 0", code=2)
     against = None
     if compare:
         option = "--against" if a.against else "--against-plain"
-        against_kw = plain_kw if a.against_plain else kw
-        try:
-            against = PoseEstimator(weights=a.against, **against_kw) if a.against else \
-                evaluated_weights(**against_kw)
-        except (FileNotFoundError, ValueError) as e:
-            fail("xnect-eval", f"{option}: {e}", code=2)
+        base = plain if a.against_plain else model
+        if a.against:  # another weights file, the same settings
+            base = replace(base, weights=a.against, checkpoint=None, random_init=False, seed=None)
+        against = _estimator(a, base, f"{option}: ")
     res = evaluate_coco(est, a.path, teacher3d=a.teacher3d, keep_results=bool(resamples))
     if resamples:
         base = None
@@ -96,7 +101,7 @@ def _coco(a: argparse.Namespace) -> None:
         res["peer"] = _peer(a)
     res["model"] = est.model_name
     res["input_size"] = "x".join(map(str, a.input_size))
-    res["dynconv"] = bool(a.dynconv)
+    res["dynconv"] = bool(model.dynconv)
     res["flip_test"] = est.flip_test
     res["flip_scale"] = est.flip_scale
     res["test_scales"] = list(est.test_scales)
@@ -137,28 +142,20 @@ def _coco(a: argparse.Namespace) -> None:
 
 
 def _lspet(a: argparse.Namespace) -> None:
-    from ..estimator import PoseEstimator
-    from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
-    from ..train.data import LSPET_HELDOUT
-    from ..train.evaluate import evaluate_pck, lspet_as_coco
-
     try:
         gt = lspet_as_coco(a.path, split="heldout")
     except (FileNotFoundError, json.JSONDecodeError, ValueError) as e:
-        fail("xnect-eval", f"cannot read LSPET from {a.path!r}: {e}", code=1)
+        fail(PROG, f"cannot read LSPET from {a.path!r}: {e}", code=1)
     try:
-        est = PoseEstimator.from_checkpoint(a.checkpoint, input_size=tuple(a.input_size), tracking=False,
-                                            fit_skeleton=False, min_score=a.min_score, precision=a.precision) \
-            if a.checkpoint else PoseEstimator(weights=a.weights, input_size=tuple(a.input_size), tracking=False,
-                                               fit_skeleton=False, min_score=a.min_score, precision=a.precision)
-    except (FileNotFoundError, ValueError) as e:
-        fail("xnect-eval", str(e), code=1)
+        est = build_estimator(model_config(a), decode_config(a), UNTRACKED)
+    except UserError as e:
+        fail(PROG, str(e), code=1)
     res = {"model": est.model_name, **evaluate_pck(est, gt)}
     if a.peer:
         try:
             teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
         except (FileNotFoundError, ValueError) as e:
-            fail("xnect-eval", f"--peer {a.peer}: {e}", code=1)
+            fail(PROG, f"--peer {a.peer}: {e}", code=1)
         res["peer"] = {"name": f"{PEERS[a.peer]} at {a.peer_size}", **evaluate_pck(MoveNetPeer(teacher), gt)}
     if a.json:
         print(json.dumps(res, indent=2))
@@ -175,41 +172,25 @@ PEERS = {"movenet": "MoveNet MultiPose + Thunder", "movenet-multipose": "MoveNet
 
 def _peer(a: argparse.Namespace) -> dict:
     """The teacher scored on the same images with the same metric."""
-    from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
-    from ..train.evaluate import evaluate_coco
-
     try:
         teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
     except (FileNotFoundError, ValueError) as e:
-        fail("xnect-eval", f"--peer {a.peer}: {e}", code=1)
+        fail(PROG, f"--peer {a.peer}: {e}", code=1)
     r = evaluate_coco(MoveNetPeer(teacher), a.path)
     return {"name": f"{PEERS[a.peer]} at {a.peer_size}", "ap": r["ap"], "ap_body": r["ap_body"],
             "pck_body@0.2": r["pck_body@0.2"], "detections": r["detections"]}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = OneLineParser(prog="xnect-eval", description=__doc__,
+    ap = OneLineParser(prog=PROG, description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("coco", help="COCO person-keypoints AP / PCK")
     c.add_argument("path", help="COCO folder (json + images) or the keypoints json")
-    c.add_argument("--weights", help="weights file (default: the bundled model)")
-    c.add_argument("--checkpoint", help="a training checkpoint (runs/.../last.pt) instead of --weights")
-    c.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
     c.add_argument("--threshold", type=float, default=0.1, help="heatmap peak threshold")
-    c.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
-                   help="drop people scoring below S (default %(default)s, as every tool)")
     c.add_argument("--teacher3d", metavar="NPZ",
                    help="also the 3D agreement (MPJPE, PA-MPJPE in mm) with BlazePose labels of the same "
                         "people, e.g. data_cache/eval_teacher_coco_dev.npz")
-    c.add_argument("--dynconv", action="store_true",
-                   help="run the DynConv sparse path with the weights' mask unit (motion masks need video)")
-    c.add_argument("--dynconv-budget", type=fraction, default=None, metavar="F",
-                   help="with --dynconv, compute at most this share of each image")
-    add_flip_arg(c)
-    c.add_argument("--scales", type=scale_list, default=None, metavar="S,S,...",
-                   help="multi-scale test: Stage I at these multiples of --input-size, fused (e.g. 1,0.75,0.5)")
-    add_precision_arg(c)
     c.add_argument("--bootstrap", type=non_negative_int, default=None, metavar="N",
                    help="resample the images N times (with replacement) for the body AP's 90%% interval "
                         "(about 35 ms a draw)")
@@ -225,17 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--peer-size", type=int, default=384, metavar="PX",
                    help="the peer's input size, a multiple of 32 (default %(default)s)")
     c.add_argument("--json", action="store_true")
+    add_model_args(c)
     c.set_defaults(fn=_coco)
     ls = sub.add_parser("lspet", help="PCK@0.2 of the body joints on LSPET's held-out slice")
     ls.add_argument("path", help="the LSPET folder (annotations.json + images)")
-    ls.add_argument("--weights", help="weights file (default: the bundled model)")
-    ls.add_argument("--checkpoint", help="a training checkpoint instead of --weights")
-    ls.add_argument("--input-size", type=input_size, default="512x320", metavar="WxH")
-    ls.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S")
-    add_precision_arg(ls)
     ls.add_argument("--peer", choices=sorted(PEERS), help="also score the MoveNet teacher on the same images")
     ls.add_argument("--peer-size", type=int, default=384, metavar="PX")
     ls.add_argument("--json", action="store_true")
+    add_model_args(ls)
     ls.set_defaults(fn=_lspet)
     return ap
 
@@ -244,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if not Path(a.path).exists():
-        fail("xnect-eval", f"{a.path!r} does not exist", code=2)
+        fail(PROG, f"{a.path!r} does not exist", code=2)
     try:
         a.fn(a)
     except KeyboardInterrupt:

@@ -18,7 +18,13 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import DEFAULT_INPUT_SIZE, OneLineParser, input_size, positive_int
+import numpy as np
+
+from ..options import (DEFAULT_INPUT_SIZE, SOURCE_OPTIONS, OneLineParser, UserError, add_model_args, input_size,
+                       model_config, positive_int)
+from ..runtime.onnx import (DEFAULT_OPSET, OnnxNetworks, OnnxUnavailable, calibration_images, compare_with_torch,
+                            export_onnx, quantize_stage1_int8)
+from ..weights import load_networks
 
 # Largest |onnxruntime - torch| allowed by the export check, relative to the output's range.
 CHECK_RELATIVE_TOLERANCE = 1e-3
@@ -46,14 +52,7 @@ def add_onnx(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  xnect-export onnx --out onnx_out\n"
                "  xnect-export onnx --random-weights --input-size 256x160 --out /tmp/onnx")
-    src = p.add_argument_group("model (default: the bundled weights in models/)")
-    src.add_argument("--weights", metavar="PATH", help="weights file made by `xnect-train export`")
-    src.add_argument("--checkpoint", metavar="PATH", help="a Stage I training checkpoint (runs/.../last.pt)")
-    src.add_argument("--random-weights", action="store_true",
-                     help="an untrained, seeded network (testing deployment tools only)")
-    src.add_argument("--seed", type=int, default=0, help="seed for --random-weights (default: %(default)s)")
-    src.add_argument("--backbone", default="selecsls60",
-                     help="SelecSLS variant for --random-weights (default: %(default)s)")
+    add_model_args(p, only=SOURCE_OPTIONS, title="model (default: the bundled weights in models/)")
     p.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
                    help="input size recorded in the sidecar and traced with, multiples of 16 (default 512x320)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="output directory (created if needed)")
@@ -76,51 +75,20 @@ def add_onnx(subparsers) -> None:
 
 def _load_networks(args: argparse.Namespace):
     """(stage1, stage2 or None, model name) from the chosen source; _Failure for user mistakes."""
-    import torch
-
-    from ..estimator import default_weights_path, load_weights
-    from ..nn.stage1 import Stage1Config, Stage1Net
-
-    chosen = [flag for flag, on in (("--weights", args.weights), ("--checkpoint", args.checkpoint),
-                                    ("--random-weights", args.random_weights)) if on]
-    if len(chosen) > 1:
-        raise _Failure(f"{' and '.join(chosen)} exclude each other")
-    if args.random_weights:
-        torch.manual_seed(args.seed)
-        try:
-            net = Stage1Net(Stage1Config(backbone=args.backbone))
-        except KeyError as e:
-            raise _Failure(str(e.args[0]) if e.args else str(e)) from None
-        return net, None, f"{net.cfg.backbone} (random init, untrained, seed {args.seed})"
-    if args.checkpoint:
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise _Failure(f"checkpoint {str(path)!r} not found")
-        try:
-            ck = torch.load(path, map_location="cpu", weights_only=False)
-            net = Stage1Net(Stage1Config.from_dict(ck.get("stage1_config", {})))
-            net.load_state_dict(ck["model"])
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-            raise _Failure(f"{path}: not a Stage I training checkpoint ({type(e).__name__})") from None
-        return net, None, f"{path.parent.name}@{ck.get('step', 0)}"
-    path = Path(args.weights) if args.weights else default_weights_path()
-    if not path.is_file():
-        hint = "check the path" if args.weights else "the bundled default weights are missing; pass --weights"
-        raise _Failure(f"weights file {str(path)!r} not found ({hint})")
     try:
-        s1, s2 = load_weights(path)
-    except ValueError as e:
+        m = model_config(args)
+        nets = load_networks(m.weights, m.checkpoint, m.random_init, m.backbone, m.seed)
+    except (UserError, FileNotFoundError, ValueError) as e:
         raise _Failure(str(e)) from None
-    return s1, s2, path.stem
+    except KeyError as e:  # unknown backbone name
+        raise _Failure(str(e.args[0]) if e.args else str(e)) from None
+    if m.random_init:
+        return nets.stage1, None, f"{m.backbone} (random init, untrained, seed {m.seed})"
+    return nets
 
 
 def run_onnx(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from ..export import (DEFAULT_OPSET, OnnxNetworks, OnnxUnavailable, calibration_images, compare_with_torch,
-                          export_onnx, quantize_stage1_int8)
-
-    log = logging.getLogger("xnect_app.export")
+    log = logging.getLogger("xnect_app.runtime.onnx")
     if args.opset is not None and not 13 <= args.opset <= 21:
         raise _Failure(f"--opset {args.opset}: choose 13..21")
     if args.out.exists() and not args.out.is_dir():
@@ -185,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     if not args.quiet:
-        logging.getLogger("xnect_app.export").setLevel(logging.INFO)
+        logging.getLogger("xnect_app.runtime.onnx").setLevel(logging.INFO)
     try:
         return args.func(args)
     except _Failure as e:

@@ -23,167 +23,21 @@ readable was processed), 130 interrupted (finished inputs stay complete).
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import logging
 import os
 import signal
-import socket
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .model_args import OneLineParser, positive_int, UserError, add_model_args, build_estimator, estimator_kwargs, fail
+from ..io.sources import cv2  # imported there after quieting FFmpeg's logging
+from ..options import (OneLineParser, UserError, add_model_args, decode_config, fail, model_config, model_signature,
+                       positive_int)
+from . import process_ray
+from .jobs import (PROG, Job, JobReport, Options, describe, discover, estimator_for, forget_estimators,  # noqa: F401
+                   is_complete, run_job)
 
-PROG = "xnect-process"
 EXIT_FAILED, EXIT_DAMAGED, EXIT_INTERRUPTED = 1, 3, 130
-MANIFEST_SUFFIX = ".done.json"
-MANIFEST_VERSION = 1
-LOG = logging.getLogger(__name__)
-
-
-# --- what to do -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Job:
-    """One unit of work: a video, or a set of images, written under one output name."""
-    name: str
-    kind: str                   # "video" | "images"
-    inputs: tuple[str, ...]
-    label: str                  # what the user passed, for messages
-    expected_frames: int | None = None
-
-
-@dataclass(frozen=True)
-class Options:
-    out_dir: str
-    video: bool = False
-    coco: bool = False
-    csv: bool = False
-    bvh: bool = False
-    overwrite: bool = False
-    min_track_frames: int = 5
-    model: dict = field(default_factory=dict)   # PoseEstimator kwargs (without tracking)
-
-    def signature(self) -> dict[str, Any]:
-        """What the outputs depend on, stored in the manifest to decide about skipping."""
-        return {"video": self.video, "coco": self.coco, "csv": self.csv, "bvh": self.bvh,
-                "min_track_frames": self.min_track_frames,
-                "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.model.items())},
-                "weights_file": weights_fingerprint(self.model)}
-
-
-def weights_fingerprint(model: dict[str, Any]) -> str | None:
-    """Path, size and mtime of the weights (or ONNX) files the outputs come from: new weights,
-    such as an updated bundled model, make a re-run redo the job instead of skipping it."""
-    if model.get("random_init"):
-        return None
-    from ..estimator import default_weights_path
-    files = [Path(model.get("weights") or default_weights_path())]
-    if model.get("onnx_dir"):
-        files = sorted(Path(model["onnx_dir"]).glob("*"))
-    parts = []
-    for f in files:
-        try:
-            st = f.stat()
-        except OSError:
-            continue
-        parts.append(f"{os.path.realpath(f)}:{st.st_size}:{st.st_mtime_ns}")
-    return "|".join(parts) or None
-
-
-@dataclass
-class JobReport:
-    name: str
-    label: str
-    status: str                 # done | skipped | failed | interrupted
-    frames: int = 0
-    outputs: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    damaged: bool = False
-    error: str = ""
-    seconds: float = 0.0
-
-
-def discover(inputs: list[str]) -> tuple[list[Job], list[str]]:
-    """Jobs for the user's inputs (files, folders, quoted globs) and one error per unusable input.
-    A folder gives one job per video in it plus one image-set job for its images; image files
-    named directly are grouped by their folder."""
-    from ..io.sources import IMAGE_EXTS, VIDEO_EXTS, is_glob, is_url, list_images
-    import glob as globlib
-
-    jobs: list[Job] = []
-    errors: list[str] = []
-    loose_images: dict[Path, list[Path]] = {}
-
-    def add_path(p: Path, label: str) -> None:
-        if p.is_dir():
-            videos = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in VIDEO_EXTS)
-            images = list_images(p)
-            if not videos and not images:
-                errors.append(f"{label}: no videos or images in this folder")
-            for v in videos:
-                jobs.append(Job(v.stem, "video", (str(v),), str(v)))
-            if images:
-                jobs.append(Job(p.resolve().name, "images", tuple(map(str, images)), label, len(images)))
-        elif p.suffix.lower() in IMAGE_EXTS:
-            loose_images.setdefault(p.parent, []).append(p)
-        else:
-            jobs.append(Job(p.stem, "video", (str(p),), label))
-
-    for arg in inputs:
-        if is_url(arg):
-            errors.append(f"{arg}: streams are for xnect-demo --source; xnect-process reads files")
-            continue
-        p = Path(arg)
-        if p.exists():
-            add_path(p, arg)
-        elif is_glob(arg):
-            matches = sorted(globlib.glob(arg))
-            if not matches:
-                errors.append(f"{arg}: nothing matches this pattern")
-            for m in matches:
-                add_path(Path(m), m)
-        else:
-            errors.append(f"{arg}: no such file or folder")
-    for folder, paths in loose_images.items():
-        paths = sorted(set(paths))
-        jobs.append(Job(folder.resolve().name or "images", "images", tuple(map(str, paths)),
-                        str(folder), len(paths)))
-    return _unique_names(_dedupe(jobs)), errors
-
-
-def _dedupe(jobs: list[Job]) -> list[Job]:
-    seen, out = set(), []
-    for j in jobs:
-        key = (j.kind, tuple(os.path.realpath(i) for i in j.inputs))
-        if key not in seen:
-            seen.add(key)
-            out.append(j)
-    return out
-
-
-def _unique_names(jobs: list[Job]) -> list[Job]:
-    """Give jobs whose names collide their parent folder's name as a prefix, then a number."""
-    from collections import Counter
-    counts = Counter(j.name for j in jobs)
-    renamed = []
-    for j in jobs:
-        name = j.name
-        if counts[j.name] > 1 and j.kind == "video":
-            name = f"{Path(j.inputs[0]).resolve().parent.name}_{j.name}"
-        renamed.append(Job(name, j.kind, j.inputs, j.label, j.expected_frames))
-    taken: set[str] = set()
-    out = []
-    for j in renamed:
-        name, k = j.name, 2
-        while name in taken:
-            name, k = f"{j.name}-{k}", k + 1
-        taken.add(name)
-        out.append(Job(name, j.kind, j.inputs, j.label, j.expected_frames))
-    return out
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -206,170 +60,6 @@ def select_shard(jobs: list[Job], shard: tuple[int, int] | None) -> list[Job]:
     return jobs[i - 1::n]
 
 
-# --- outputs and manifests ----------------------------------------------------------------
-
-def manifest_path(out_dir: Path, job: Job) -> Path:
-    return out_dir / f"{job.name}{MANIFEST_SUFFIX}"
-
-
-def input_fingerprint(job: Job) -> str:
-    h = hashlib.sha1()
-    for p in job.inputs:
-        st = os.stat(p)
-        h.update(f"{os.path.realpath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
-
-
-def read_manifest(path: Path) -> dict | None:
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return doc if isinstance(doc, dict) and doc.get("version") == MANIFEST_VERSION else None
-
-
-def is_complete(out_dir: Path, job: Job, opts: Options) -> dict | None:
-    """The manifest when this job's outputs are complete for these inputs and options."""
-    doc = read_manifest(manifest_path(out_dir, job))
-    if doc is None or doc.get("options") != json.loads(json.dumps(opts.signature())):
-        return None
-    try:
-        if doc.get("input_fingerprint") != input_fingerprint(job):
-            return None
-    except OSError:
-        return None
-    if not all((out_dir / name).is_file() for name in doc.get("outputs", [])):
-        return None
-    return doc
-
-
-def _remove_previous(out_dir: Path, job: Job) -> None:
-    """Before redoing a job: drop its manifest first (so nothing looks complete), then the
-    files it listed and temporaries left by killed runs."""
-    from ..io.sinks import TMP_MARK
-    mpath = manifest_path(out_dir, job)
-    doc = read_manifest(mpath)
-    mpath.unlink(missing_ok=True)
-    for name in (doc or {}).get("outputs", []):
-        (out_dir / name).unlink(missing_ok=True)
-    for stale in out_dir.glob(f".{job.name}.*{TMP_MARK}*"):
-        stale.unlink(missing_ok=True)
-
-
-# --- running one job ------------------------------------------------------------------------
-
-def run_job(job: Job, opts: Options, estimator, *, on_frame: Callable[[], None] | None = None,
-            cancelled: Callable[[], bool] | None = None) -> JobReport:
-    """Process one job with `estimator`; outputs are committed only if the input was read to
-    its end. Never raises for bad input: failures are in the report."""
-    from ..io.bvh import BvhSink
-    from ..io.draw import Overlay
-    from ..io.sinks import CocoSink, CsvSink, JsonlSink, VideoSink, close_all
-    from ..io.sources import ImageSource, SourceError, VideoSource
-    from ..pipeline import Pipeline
-
-    t0 = time.perf_counter()
-    out_dir = Path(opts.out_dir)
-    report = JobReport(job.name, job.label, "failed")
-    if cancelled is not None and cancelled():
-        report.status = "interrupted"
-        return report
-    _remove_previous(out_dir, job)
-    if job.kind == "video":
-        source = VideoSource(job.inputs[0])
-    else:
-        source = ImageSource([Path(p) for p in job.inputs], job.label)
-    try:
-        source.open()
-    except SourceError as e:
-        report.error = str(e)
-        return report
-
-    sinks = []
-    pipeline = None
-    try:
-        base = out_dir / job.name
-        sinks.append(JsonlSink(f"{base}.jsonl", model=estimator.model_name, source=job.label,
-                               fps=source.fps, intrinsics_for=estimator.intrinsics_for,
-                               per_frame_camera=job.kind == "images", inference=estimator.settings()))
-        if opts.video:
-            sinks.append(VideoSink(f"{base}.mp4", source.fps or 2.0))
-        if opts.coco:
-            sinks.append(CocoSink(f"{base}.coco.json"))
-        if opts.csv:
-            sinks.append(CsvSink(f"{base}.csv"))
-        if opts.bvh and job.kind == "video":
-            sinks.append(BvhSink(out_dir, job.name, source.fps, min_track_frames=opts.min_track_frames))
-        elif opts.bvh:
-            report.problems.append(f"{job.label}: no BVH for an image set (BVH needs a video)")
-        if hasattr(estimator, "reset"):
-            estimator.reset()
-
-        def on_result(frame, result) -> None:
-            if on_frame is not None:
-                on_frame()
-            if cancelled is not None and cancelled():
-                pipeline.stop("interrupt")
-
-        pipeline = Pipeline(source, estimator, sinks, overlay=Overlay() if opts.video else None,
-                            on_result=on_result)
-        stats = pipeline.run()
-    except SourceError as e:
-        close_all(sinks, complete=False)
-        report.error = str(e)
-        return report
-    except KeyboardInterrupt:
-        close_all(sinks, complete=False)
-        report.status = "interrupted"
-        raise
-    except Exception as e:  # noqa: BLE001 - one bad input must not end the batch
-        close_all(sinks, complete=False)
-        report.error = f"{job.label}: {type(e).__name__}: {e}"
-        LOG.debug("job %s failed", job.name, exc_info=True)
-        return report
-    finally:
-        source.close()
-    report.frames = stats.frames
-    report.problems += stats.problems
-    report.damaged = stats.truncated or bool(getattr(source, "skipped", None))
-    if stats.stopped_by == "interrupt":
-        close_all(sinks, complete=False)
-        report.status = "interrupted"
-        return report
-    errors = close_all(sinks, complete=True)
-    if errors:
-        report.error = f"{job.label}: could not save outputs: {errors[0]}"
-        return report
-    report.outputs = [p.name for s in sinks for p in s.paths]
-    from ..io.sinks import atomic_write_text
-    manifest = {
-        "version": MANIFEST_VERSION, "tool": PROG, "job": job.name, "kind": job.kind,
-        "inputs": list(job.inputs) if len(job.inputs) <= 50 else f"{len(job.inputs)} images from {job.label}",
-        "input_fingerprint": input_fingerprint(job), "options": opts.signature(),
-        "model": estimator.model_name, "frames": stats.frames, "outputs": report.outputs,
-        "worker": f"{socket.gethostname()}:{os.getpid()}",
-        "damaged_input": report.damaged, "problems": report.problems,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
-    atomic_write_text(manifest_path(out_dir, job), json.dumps(manifest, indent=1) + "\n")
-    report.status = "done"
-    report.seconds = time.perf_counter() - t0
-    return report
-
-
-# --- estimators per process -------------------------------------------------------------------
-
-_ESTIMATORS: dict[str, Any] = {}
-
-
-def _estimator_for(job: Job, opts: Options):
-    """One estimator per kind and process: videos are tracked sequences, images independent."""
-    key = json.dumps([job.kind, opts.signature()["model"]], sort_keys=True)
-    if key not in _ESTIMATORS:
-        _ESTIMATORS[key] = build_estimator(**opts.model, tracking=job.kind == "video")
-    return _ESTIMATORS[key]
-
-
 # worker-process state
 _PROGRESS = None
 _CANCEL = None
@@ -389,7 +79,7 @@ def _worker_init(progress_queue, cancel_event, torch_threads: int) -> None:
 
 def _worker_job(job: Job, opts: Options) -> JobReport:
     try:
-        est = _estimator_for(job, opts)
+        est = estimator_for(job, opts)
     except UserError as e:
         return JobReport(job.name, job.label, "failed", error=str(e))
     return run_job(job, opts, est, on_frame=lambda: _PROGRESS.put((job.name, 1)),
@@ -445,25 +135,10 @@ class _Bars:
 def _expected_frames(job: Job) -> Job:
     if job.kind != "video" or job.expected_frames is not None:
         return job
-    from ..io.sources import cv2  # imported there after quieting FFmpeg's logging
     cap = cv2.VideoCapture(job.inputs[0], cv2.CAP_FFMPEG)
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
     cap.release()
     return Job(job.name, job.kind, job.inputs, job.label, n if n > 0 else None)
-
-
-def _describe(report: JobReport, out_dir: Path) -> str:
-    if report.status == "done":
-        outs = ", ".join(report.outputs)
-        text = f"done {report.label}: {report.frames} frames in {report.seconds:.1f} s -> {outs}"
-        if report.damaged:
-            text += " (damaged input, see warnings)"
-        return text
-    if report.status == "skipped":
-        return f"skipped {report.label}: already done in {out_dir} (--overwrite to redo)"
-    if report.status == "interrupted":
-        return f"interrupted {report.label}: no output kept for it"
-    return f"failed {report.error or report.label}"
 
 
 def run_batch(jobs: list[Job], opts: Options, *, workers: int = 1, progress: bool | None = None,
@@ -486,17 +161,16 @@ def run_batch(jobs: list[Job], opts: Options, *, workers: int = 1, progress: boo
         else:
             todo.append(_expected_frames(job))
     if todo:
-        _estimator_for(todo[0], opts)  # fail fast on a bad model, before any work
+        estimator_for(todo[0], opts)  # fail fast on a bad model, before any work
         if ray_cpus or (workers > 1 and len(todo) > 1):
-            _ESTIMATORS.clear()  # the workers build their own
+            forget_estimators()  # the workers build their own
     bars = _Bars(todo, progress)
     say = log or bars.write
     for r in reports:
-        say(_describe(r, out_dir))
+        say(describe(r, out_dir))
     try:
         if ray_cpus:
-            from .process_ray import run_on_ray
-            run_on_ray(todo, opts, workers, ray_cpus, bars, say, reports)
+            process_ray.run_on_ray(todo, opts, workers, ray_cpus, bars, say, reports)
         elif workers <= 1 or len(todo) <= 1:
             _run_here(todo, opts, bars, say, reports)
         else:
@@ -509,7 +183,7 @@ def run_batch(jobs: list[Job], opts: Options, *, workers: int = 1, progress: boo
 def _run_here(todo: list[Job], opts: Options, bars: _Bars, say, reports: list[JobReport]) -> None:
     for job in todo:
         try:
-            est = _estimator_for(job, opts)
+            est = estimator_for(job, opts)
             report = run_job(job, opts, est, on_frame=lambda name=job.name: bars.advance(name))
         except KeyboardInterrupt as e:
             bars.finish(job.name)
@@ -519,12 +193,12 @@ def _run_here(todo: list[Job], opts: Options, bars: _Bars, say, reports: list[Jo
                                      outputs=list(doc.get("outputs", [])),
                                      problems=list(doc.get("problems", [])),
                                      damaged=bool(doc.get("damaged_input"))))
-            say(_describe(reports[-1], Path(opts.out_dir)))
+            say(describe(reports[-1], Path(opts.out_dir)))
             e.reports = reports  # type: ignore[attr-defined]
             raise
         bars.finish(job.name)
         reports.append(report)
-        say(_describe(report, Path(opts.out_dir)))
+        say(describe(report, Path(opts.out_dir)))
         if report.status == "interrupted":
             e = KeyboardInterrupt()
             e.reports = reports  # type: ignore[attr-defined]
@@ -559,14 +233,14 @@ def _run_pool(todo: list[Job], opts: Options, workers: int, bars: _Bars, say,
                     if fut.cancelled():
                         report = JobReport(job.name, job.label, "interrupted")
                         reports.append(report)
-                        say(_describe(report, Path(opts.out_dir)))
+                        say(describe(report, Path(opts.out_dir)))
                         continue
                     try:
                         report = fut.result()
                     except Exception as e:  # noqa: BLE001 - a crashed worker fails its job only
                         report = JobReport(job.name, job.label, "failed", error=f"{job.label}: worker died ({e})")
                     reports.append(report)
-                    say(_describe(report, Path(opts.out_dir)))
+                    say(describe(report, Path(opts.out_dir)))
             except KeyboardInterrupt:
                 if interrupted:  # second Ctrl-C: stop waiting
                     break
@@ -646,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = Options(out_dir=str(args.out_dir), video=args.video, coco=args.coco, csv=args.csv,
                        bvh=args.bvh, overwrite=args.overwrite, min_track_frames=args.min_track_frames,
-                       model=estimator_kwargs(args))
+                       model=model_config(args), decode=decode_config(args), model_options=model_signature(args))
         jobs, errors = discover(args.inputs)
         for err in errors:
             print(f"{PROG}: error: {err}", file=sys.stderr)
@@ -661,7 +335,6 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError("--shard and --ray exclude each other (Ray spreads the inputs itself)")
         workers = args.workers
         if args.ray is not None:
-            from . import process_ray
             workers = process_ray.connect(args.ray or None, args.workers, args.ray_cpus)
         interrupted = False
         try:

@@ -1,6 +1,6 @@
 """`xnect-process --ray`: the same jobs, spread over a Ray cluster.
 
-One actor per worker holds the models (built once) and runs whole jobs with `process.run_job`, so
+One actor per worker holds the models (built once) and runs whole jobs with `jobs.run_job`, so
 outputs are written by the same atomic sinks and manifests as a local run. Inputs and --out-dir must
 be at the same paths on every node (shared storage); xnect_app must be installed on every node.
 
@@ -10,11 +10,16 @@ and the batch goes on. Ctrl-C asks the actors to stop; unfinished jobs leave no 
 """
 from __future__ import annotations
 
+import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any
 
-from .model_args import UserError
+import torch
+
+from ..options import UserError
+from .jobs import JobReport, describe, estimator_for, run_job
 
 POLL_S = 0.25
 
@@ -52,26 +57,22 @@ class _Worker:
     """Ray actor body (wrapped with ray.remote in `run_on_ray`)."""
 
     def __init__(self, threads: int) -> None:
-        import logging
         logging.basicConfig(level=logging.WARNING)
-        import torch
         torch.set_num_threads(max(1, threads))
         self._frames = 0
         self._cancel = threading.Event()
 
     def run(self, job, opts):
-        from . import process
-        from .process import JobReport
         self._frames = 0
         missing = [p for p in job.inputs if not Path(p).exists()]
         if missing:
             return JobReport(job.name, job.label, "failed",
                              error=f"{missing[0]}: not found on this Ray node (inputs need shared storage)")
         try:
-            est = process._estimator_for(job, opts)
+            est = estimator_for(job, opts)
         except UserError as e:
             return JobReport(job.name, job.label, "failed", error=str(e))
-        return process.run_job(job, opts, est, on_frame=self._count, cancelled=self._cancel.is_set)
+        return run_job(job, opts, est, on_frame=self._count, cancelled=self._cancel.is_set)
 
     def _count(self) -> None:
         self._frames += 1
@@ -83,14 +84,11 @@ class _Worker:
         self._cancel.set()
 
     def node(self) -> str:
-        import socket
         return socket.gethostname()
 
 
 def run_on_ray(todo, opts, workers: int, cpus_per_worker: int, bars, say, reports) -> None:
     """Run `todo` on `workers` actors; appends one report per job (process.run_batch contract)."""
-    from .process import JobReport, _describe
-
     ray = _import_ray()
     from ray.exceptions import RayActorError, RayError
 
@@ -110,7 +108,7 @@ def run_on_ray(todo, opts, workers: int, cpus_per_worker: int, bars, say, report
     def finish(report: JobReport) -> None:
         bars.finish(report.name)
         reports.append(report)
-        say(_describe(report, out_dir))
+        say(describe(report, out_dir))
 
     try:
         submit()

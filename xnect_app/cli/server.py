@@ -17,9 +17,13 @@ import socket
 import sys
 from pathlib import Path
 
+import uvicorn
+
+from ..estimator import TrackConfig
+from ..options import OneLineParser, UserError, add_model_args, build_estimator, decode_config, fail, model_config
+from ..server.app import create_app
+from ..server.broadcast import open_capture
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
-from .model_args import (DEFAULT_MIN_SCORE, OneLineParser, UserError, add_dynconv_args, add_precision_arg,
-                         dynconv_kwargs, fail, input_size as parse_input_size, score)
 
 LOG = logging.getLogger("xnect_app.server")
 
@@ -42,20 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--camera", type=int, metavar="N", help="server webcam index to broadcast")
     p.add_argument("--no-loop", action="store_true", help="stop the broadcast at the end of a video file")
 
-    model = p.add_argument_group("model")
-    model.add_argument("--weights", type=Path, help="checkpoint (default: the weights in models/)")
-    model.add_argument("--random-weights", action="store_true",
-                       help="untrained network, for testing the plumbing only (finds nobody)")
-    model.add_argument("--backbone", default="selecsls60")
-    model.add_argument("--input-size", default="512x320", metavar="WxH",
-                       help="network input WxH, multiples of 16 (default 512x320)")
-    model.add_argument("--device", default="cpu")
-    add_precision_arg(model)
-    model.add_argument("--fov", type=float, help="horizontal field of view of the cameras, degrees "
-                       "(default: the estimator's)")
-    model.add_argument("--min-score", type=score, default=DEFAULT_MIN_SCORE, metavar="S",
-                       help="drop people scoring below S (default %(default)s)")
-    add_dynconv_args(model)
+    model = add_model_args(p)
     model.add_argument("--no-skeleton-fit", action="store_true", help="skip the kinematic skeleton fit")
 
     lim = p.add_argument_group("limits")
@@ -77,14 +68,13 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"--{name.replace('_', '-')} must be positive")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         raise ValueError("--ssl-certfile and --ssl-keyfile go together")
-    for path in (args.ssl_certfile, args.ssl_keyfile, args.weights):
-        if path is not None and not path.is_file():
+    for path in (args.ssl_certfile, args.ssl_keyfile, args.weights, args.checkpoint):
+        if path is not None and not Path(path).is_file():
             raise ValueError(f"file not found: {path}")
     if args.token is not None and not args.token.strip():
         raise ValueError("--token must not be empty")
     source = args.camera if args.camera is not None else args.source
     if source is not None:
-        from ..server.broadcast import open_capture
         open_capture(source).release()  # fail now, with the source's name, not after start-up
     return ServerConfig(
         token=args.token, allowed_origins=tuple(args.allow_origin),
@@ -93,39 +83,26 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         loop_source=not args.no_loop, web_dir=args.web_dir if args.web_dir.is_dir() else None)
 
 
-def make_estimator(args: argparse.Namespace, input_size: tuple[int, int]):
-    from ..estimator import PoseEstimator
-    extra = {} if args.fov is None else {"fov": args.fov}
-    extra["min_score"] = args.min_score
+def make_estimator(args: argparse.Namespace):
     try:
-        extra.update(dynconv_kwargs(args))
+        return build_estimator(model_config(args), decode_config(args),
+                               TrackConfig(tracking=True, fit_skeleton=not args.no_skeleton_fit))
     except UserError as e:
         raise ValueError(str(e)) from None
-    return PoseEstimator(weights=args.weights, backbone=args.backbone, input_size=input_size,
-                         device=args.device, random_init=args.random_weights, precision=args.precision,
-                         tracking=True, fit_skeleton=not args.no_skeleton_fit, **extra)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        input_size = parse_input_size(args.input_size)
-    except argparse.ArgumentTypeError as e:
-        fail("xnect-server", f"--input-size {e}", code=2)
-    try:
         cfg = config_from_args(args)
         # Built here, not in the lifespan, so that bad weights give a one-line error.
-        estimator = make_estimator(args, input_size)
+        estimator = make_estimator(args)
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
     except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as err:
         fail("xnect-server", str(err), code=2)
-
-    import uvicorn
-
-    from ..server.app import create_app
 
     app = create_app(lambda: estimator, cfg)
     host, port = sock.getsockname()[:2]

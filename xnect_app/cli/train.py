@@ -22,13 +22,15 @@ import logging
 import sys
 from pathlib import Path
 
-from .model_args import OneLineParser, fail, input_size
+from ..options import DATA_ROOT, OneLineParser, fail, input_size
+from ..train.losses import LossWeights
+from ..train.movenet_labels import LABEL_DESCRIPTION, LABEL_EXAMPLES, add_label_arguments, run_label
+from ..train.release import export_weights
+from ..train.stage2 import Stage2TrainConfig, train_stage2
+from ..train.trainer import TrainConfig, Trainer
 
 
 def _stage1(a: argparse.Namespace) -> None:
-    from ..train.losses import LossWeights
-    from ..train.trainer import TrainConfig, Trainer
-
     cfg = TrainConfig(out_dir=a.out, backbone=a.backbone, size=tuple(a.size), batch_size=a.batch_size,
                       lr=a.lr, epoch_steps=a.epoch_steps, max_steps=a.max_steps, max_hours=a.max_hours,
                       data_root=a.data_root, dev_set=a.dev_set or None, teacher_cache=a.teacher_cache,
@@ -74,8 +76,6 @@ def _stage1(a: argparse.Namespace) -> None:
 
 
 def _stage2(a: argparse.Namespace) -> None:
-    from ..train.stage2 import Stage2TrainConfig, train_stage2
-
     train_stage2(Stage2TrainConfig(out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                                    teacher_cache=a.teacher_cache, data_root=a.data_root,
                                    enc_noise_max_m=a.enc_noise_max, enc_drop=a.enc_drop,
@@ -83,8 +83,6 @@ def _stage2(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
-    from ..train.export import export_weights
-
     for p in (*a.stage1, *(a.stage2 or ()), a.mask_unit):
         if p and not Path(p).is_file():
             fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
@@ -99,16 +97,12 @@ def _export(a: argparse.Namespace) -> None:
 
 
 def _label(a: argparse.Namespace) -> None:
-    from ..train.movenet_labels import run_label
-
     code = run_label(a, "xnect-train " + " ".join(sys.argv[1:]))
     if code:
         sys.exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..train.losses import LossWeights
-
     ap = OneLineParser(prog="xnect-train", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -125,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--epoch-steps", type=int, default=400, help="steps between dev evaluations")
     s1.add_argument("--max-steps", type=int)
     s1.add_argument("--max-hours", type=float)
-    s1.add_argument("--data-root", default="../shared/data")
-    s1.add_argument("--dev-set", default="../shared/data/coco_dev", help="COCO folder for per-epoch AP ('' = off)")
+    s1.add_argument("--data-root", default=DATA_ROOT)
+    s1.add_argument("--dev-set", default=f"{DATA_ROOT}/coco_dev", help="COCO folder for per-epoch AP ('' = off)")
     s1.add_argument("--teacher-cache", default="data_cache")
     s1.add_argument("--workers", type=int, default=1)
     s1.add_argument("--threads", type=int)
@@ -181,7 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--own-repeat", type=int, default=10,
                     help="how many times each of your images counts among the real images (default %(default)s)")
     s1.set_defaults(fn=_stage1)
-    from ..train.movenet_labels import LABEL_DESCRIPTION, LABEL_EXAMPLES, add_label_arguments
     lb = sub.add_parser("label", help="label every person in images or videos with the MoveNet teacher",
                         description=LABEL_DESCRIPTION, epilog=LABEL_EXAMPLES,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -193,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     s2.add_argument("--batch-size", type=int, default=256)
     s2.add_argument("--lr", type=float, default=1e-3)
     s2.add_argument("--teacher-cache", default="data_cache")
-    s2.add_argument("--data-root", default="../shared/data")
+    s2.add_argument("--data-root", default=DATA_ROOT)
     s2.add_argument("--enc-noise-max", type=float, default=0.3, metavar="M",
                     help="largest per-example noise on the simulated 3D encodings, metres (default 0.3)")
     s2.add_argument("--enc-drop", type=float, default=0.25,
@@ -222,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--bn-crops", type=int, default=0, metavar="N",
                     help="re-estimate Stage I's BatchNorm statistics on N training crops first (e.g. 400, "
                          "about 1.5 min on 2 CPU cores; for a moving average from a GPU run)")
-    ex.add_argument("--data-root", default="../shared/data", help="training data for --bn-crops")
+    ex.add_argument("--data-root", default=DATA_ROOT, help="training data for --bn-crops")
     ex.set_defaults(fn=_export)
     return ap
 

@@ -24,6 +24,7 @@ from fastapi import FastAPI, Header, HTTPException, Query, WebSocket
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from ..pose.tracking import Tracker
 from . import schemas
 from .broadcast import STREAM as BROADCAST_STREAM, Broadcaster
 from .security import bearer_token, token_ok
@@ -39,11 +40,6 @@ _DEFAULT = object()
 def default_tracker_factory(estimator: Any) -> Callable[[], Any] | None:
     """One pose.tracking.Tracker per stream when the estimator tracks; None otherwise."""
     if not getattr(estimator, "tracking", False):
-        return None
-    try:
-        from ..pose.tracking import Tracker
-    except ImportError:
-        LOG.warning("xnect_app.pose.tracking is not available: serving untracked poses")
         return None
     return Tracker
 

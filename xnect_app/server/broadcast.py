@@ -153,8 +153,6 @@ class Broadcaster:
             self._result_ready.notify()
 
     def _publish_loop(self) -> None:
-        from .session import poses_message  # avoids an import cycle at module load
-
         times: list[float] = []
         while not self._stop.is_set():
             with self._result_ready:
@@ -167,7 +165,7 @@ class Broadcaster:
             try:
                 times = (times + [time.perf_counter()])[-30:]
                 fps = 0.0 if len(times) < 2 else round((len(times) - 1) / max(times[-1] - times[0], 1e-6), 2)
-                text = poses_message(job, outcome, fps).model_dump_json()
+                text = schemas.poses_message(job, outcome, fps).model_dump_json()
                 image = outcome.image
                 assert image is not None
                 h, w = image.shape[:2]

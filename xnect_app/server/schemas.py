@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .jpeg import looks_like_jpeg
+from .worker import FrameJob, JobOutcome
 
 PROTOCOL_VERSION = 1
 FRAME_MAGIC = b"XNF1"
@@ -133,6 +134,22 @@ class PosesMsg(Message):
     batch_size: int
     fps: float
     computed_share: float | None = None  # DynConv: share of the input Stage I computed (1: dense)
+
+
+def poses_message(job: FrameJob, outcome: JobOutcome, fps: float) -> PosesMsg:
+    """The poses message of one finished frame job."""
+    res = outcome.result
+    assert res is not None
+    w, h = res.image_size
+    return PosesMsg(
+        frame_id=job.frame_id, client_ts=job.client_ts, image_wh=[int(w), int(h)],
+        people=[PersonMsg(**p.to_dict((w, h))) for p in res.people],
+        intrinsics=None if res.intrinsics is None else res.intrinsics.to_dict(),
+        server_ms=ServerTimings(queue=round(outcome.queue_ms, 2), decode=round(outcome.decode_ms, 2),
+                                        infer=round(outcome.infer_ms, 2), total=round(outcome.total_ms, 2)),
+        timings_ms={k: round(float(v), 2) for k, v in res.timings_ms.items()},
+        batch_size=outcome.batch_size, fps=fps,
+        computed_share=None if res.computed_share is None else round(res.computed_share, 4))
 
 
 class DroppedMsg(Message):

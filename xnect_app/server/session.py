@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .. import skeleton, types
+from .._moved import moved_names
 from . import schemas
 from .jpeg import BadImage, jpeg_size
 from .security import origin_ok, token_ok
@@ -222,26 +223,11 @@ class Session:
         else:
             self._done_times.append(time.perf_counter())
             self.poses_out += 1
-            self.send(poses_message(job, outcome, self.fps()))
+            self.send(schemas.poses_message(job, outcome, self.fps()))
 
     def fps(self) -> float:
         t = self._done_times
         return 0.0 if len(t) < 2 else round((len(t) - 1) / max(t[-1] - t[0], 1e-6), 2)
-
-
-def poses_message(job: FrameJob, outcome: JobOutcome, fps: float) -> schemas.PosesMsg:
-    res = outcome.result
-    assert res is not None
-    w, h = res.image_size
-    return schemas.PosesMsg(
-        frame_id=job.frame_id, client_ts=job.client_ts, image_wh=[int(w), int(h)],
-        people=[schemas.PersonMsg(**p.to_dict((w, h))) for p in res.people],
-        intrinsics=None if res.intrinsics is None else res.intrinsics.to_dict(),
-        server_ms=schemas.ServerTimings(queue=round(outcome.queue_ms, 2), decode=round(outcome.decode_ms, 2),
-                                        infer=round(outcome.infer_ms, 2), total=round(outcome.total_ms, 2)),
-        timings_ms={k: round(float(v), 2) for k, v in res.timings_ms.items()},
-        batch_size=outcome.batch_size, fps=fps,
-        computed_share=None if res.computed_share is None else round(res.computed_share, 4))
 
 
 async def admit(ws: WebSocket, state: ServerState) -> bool:
@@ -342,3 +328,6 @@ async def _receive_loop(session: Session) -> None:
         except Exception:  # a bug must cost this message, not the connection or the server
             LOG.exception("client %s: message handling failed", session.id)
             session.error("internal", "the server failed on this message")
+
+
+__getattr__ = moved_names(__name__, {"poses_message": "xnect_app.server.schemas"})

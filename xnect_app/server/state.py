@@ -5,14 +5,11 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..assets import asset_dir
-
-if TYPE_CHECKING:
-    from .broadcast import Broadcaster
-    from .session import Session
-    from .worker import InferenceWorker
+from .broadcast import Broadcaster
+from .worker import InferenceWorker
 
 MiB = 1 << 20
 DEFAULT_WEB_DIR = asset_dir("web")
@@ -60,9 +57,9 @@ class ServerConfig:
 class ServerState:
     config: ServerConfig
     estimator: Any
-    worker: "InferenceWorker"
-    broadcaster: "Broadcaster | None" = None
-    sessions: dict[str, "Session"] = field(default_factory=dict)
+    worker: InferenceWorker
+    broadcaster: Broadcaster | None = None
+    sessions: dict[str, Any] = field(default_factory=dict)  # client id -> session.Session
     started_s: float = field(default_factory=time.monotonic)
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
 

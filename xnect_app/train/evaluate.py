@@ -17,6 +17,8 @@ import cv2
 import numpy as np
 
 from .. import skeleton
+from .data import read_lspet
+from .teacher import TeacherLabels
 
 _logger = logging.getLogger(__name__)
 
@@ -287,7 +289,6 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
     if shares:  # DynConv: mean share of the stride-8 cells computed
         out["computed_share"] = float(np.mean(shares))
     if teacher3d is not None:
-        from .teacher import TeacherLabels
         out["teacher3d"] = teacher_3d_agreement(data, people, TeacherLabels.load(teacher3d))
     if keep_results:
         out["results"] = results
@@ -297,7 +298,6 @@ def evaluate_coco(estimator: Callable[[np.ndarray], Any], coco_dir: str | Path,
 def lspet_as_coco(root: str | Path, split: str = "heldout") -> dict[str, Any]:
     """LSPET's labelled people (the 12 body joints) as a COCO keypoints dict, for `pck`: one
     person per image, so its AP would count the unlabelled bystanders as false detections."""
-    from .data import read_lspet
     images, anns = [], []
     for i, rec in enumerate(read_lspet(root, ignore_context=False, split=split)):
         kp = np.zeros((17, 3))

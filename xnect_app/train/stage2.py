@@ -24,6 +24,8 @@ from ..pose.readout import normalise_2d
 from ..pose.synthetic import place_people, random_people
 from ..pose.targets import to_map
 from ..types import Intrinsics
+from .data import TRAIN_SOURCES, read_training_source
+from .teacher import blazepose_to_ours_3d
 
 _logger = logging.getLogger(__name__)
 J2, J3, NECK = skeleton.NUM_JOINTS_2D, skeleton.NUM_JOINTS_3D, skeleton.NECK
@@ -40,7 +42,7 @@ class Stage2TrainConfig:
     batch_size: int = 256
     lr: float = 1e-3
     teacher_cache: str = "data_cache"
-    data_root: str = "../shared/data"
+    data_root: str | None = None  # the datasets (needed with pair_frac > 0)
     map_size: tuple[int, int] = (256, 160)
     joint_drop: float = 0.1
     limb_drop: float = 0.3
@@ -95,8 +97,6 @@ class RealPairs:
 
 def load_real_pairs(data_root: str, teacher_cache: str) -> RealPairs | None:
     """The training sets' people that have teacher 3D (see `RealPairs`); coco_dev is never read."""
-    from .data import TRAIN_SOURCES, read_training_source
-
     kp2d, kp3d = [], []
     for name in TRAIN_SOURCES:
         folder = Path(data_root) / name
@@ -186,8 +186,6 @@ def readout_at_joints(enc: np.ndarray, detected: np.ndarray) -> tuple[np.ndarray
 
 def load_teacher_poses(cache_dir: str) -> np.ndarray | None:
     """All accepted teacher 3D poses (N x 21 x 3 mm, root-relative) from the cached label files."""
-    from .teacher import blazepose_to_ours_3d
-
     poses = []
     for f in sorted(Path(cache_dir).glob("teacher_*.npz")):
         with np.load(f) as z:
@@ -209,6 +207,8 @@ def train_stage2(cfg: Stage2TrainConfig) -> Path:
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.steps)
     real = load_teacher_poses(cfg.teacher_cache)
     _logger.info("stage2: %s real teacher poses", 0 if real is None else len(real))
+    if cfg.pair_frac > 0 and cfg.data_root is None:
+        raise ValueError("pair_frac > 0 trains on annotated people: give data_root, the datasets' folder")
     pairs = load_real_pairs(cfg.data_root, cfg.teacher_cache) if cfg.pair_frac > 0 else None
     if cfg.pair_frac > 0:
         _logger.info("stage2: %d annotated people with teacher 3D", 0 if pairs is None else len(pairs))
