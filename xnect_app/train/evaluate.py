@@ -305,7 +305,8 @@ def lspet_as_coco(root: str | Path, split: str = "heldout") -> dict[str, Any]:
             if c in skeleton.COCO17_BODY and rec.kp2d[0, ours, 2] > 0:
                 kp[c] = (rec.kp2d[0, ours, 0], rec.kp2d[0, ours, 1], 2)
         x, y, w, h = (float(v) for v in rec.boxes[0])
-        images.append({"id": i + 1, "file_name": rec.path, "width": rec.width, "height": rec.height})
+        images.append({"id": i + 1, "file_name": str(Path(rec.path).resolve()), "width": rec.width,
+                       "height": rec.height})
         anns.append({"id": i + 1, "image_id": i + 1, "category_id": 1, "iscrowd": 0, "bbox": [x, y, w, h],
                      "area": w * h, "keypoints": kp.ravel().tolist(), "num_keypoints": int((kp[:, 2] > 0).sum())})
     return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "person"}]}
