@@ -121,6 +121,20 @@ def test_two_people_crossing_keep_their_identities():
     assert len(ids[0]) == 1 and len(ids[1]) == 1 and ids[0] != ids[1]
 
 
+def test_missing_joints_as_nan_do_not_break_matching():
+    """The estimator marks joints it did not find as NaN with confidence 0."""
+    frames = crossing_walk(n_frames=40)[:6]
+    tracker = Tracker()
+    ids = []
+    for f, (dets, _, intr) in enumerate(frames):
+        dets = [dict(d, kp2d=d["kp2d"].copy()) for d in dets]
+        for d in dets:
+            d["kp2d"][[4, 7, 10], :2] = np.nan
+            d["kp2d"][[4, 7, 10], 2] = 0.0
+        ids.append(sorted(p.track_id for p in tracker.update(dets, timestamp=f / FPS, intrinsics=intr)))
+    assert ids == [[1, 2]] * 6
+
+
 def test_tracks_end_after_max_age_and_new_people_get_ids_once_confirmed():
     frames = crossing_walk(n_frames=40)
     tracker = Tracker(max_age=2)

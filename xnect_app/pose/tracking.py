@@ -58,7 +58,7 @@ def person_scale(kp2d: np.ndarray) -> float:
 
 def joint_box(kp2d: np.ndarray) -> np.ndarray:
     """cx, cy, w, h of the visible joints, grown by 10% (at least 8 px a side)."""
-    vis = kp2d[:, 2] > 0
+    vis = (kp2d[:, 2] > 0) & np.isfinite(kp2d[:, :2]).all(1)
     if not vis.any():
         return np.array([0.0, 0.0, 8.0, 8.0])
     lo, hi = kp2d[vis, :2].min(0), kp2d[vis, :2].max(0)
@@ -78,9 +78,10 @@ def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def torso_histogram(image: np.ndarray, kp2d: np.ndarray, bins: tuple[int, int] = (16, 4)) -> np.ndarray | None:
     """Normalised hue-saturation histogram of the torso (shoulders to hips), None if not seen."""
     pts = kp2d[_TORSO]
-    if (pts[:, 2] <= 0).sum() > 1:
+    seen = (pts[:, 2] > 0) & np.isfinite(pts[:, :2]).all(1)
+    if seen.sum() < 3:
         return None
-    xy = pts[pts[:, 2] > 0, :2]
+    xy = pts[seen, :2]
     lo = np.floor(xy.min(0)).astype(int)
     hi = np.ceil(xy.max(0)).astype(int) + 1
     h, w = image.shape[:2]
@@ -162,7 +163,7 @@ class TrackerConfig:
     appearance_weight: float = 0.5
 
 
-@dataclass
+@dataclass(eq=False)  # tracks are compared by identity
 class Track:
     track_id: int                    # -1 while tentative
     kp2d: np.ndarray                 # (19, 3) last raw detection
@@ -188,7 +189,7 @@ class Track:
         """The predicted box and the last joints moved and scaled with it."""
         box = self.box.predict(steps)
         ref = joint_box(self.kp2d)
-        out = self.kp2d.copy()
+        out = self.kp2d.copy()  # NaN where a joint was never seen
         scale = box[2:] / np.maximum(ref[2:], 1e-6)
         out[:, :2] = (self.kp2d[:, :2] - ref[:2]) * scale + box[:2]
         return box, out
@@ -250,7 +251,8 @@ class Tracker:
         dkp = np.stack([d["kp2d"] for d in dets])                               # (D, 19, 3)
         dbox = np.stack([d["box"] for d in dets])
         both = (tkp[:, None, :, 2] > 0) & (dkp[None, :, :, 2] > 0)               # (T, D, 19)
-        d2 = ((tkp[:, None, :, :2] - dkp[None, :, :, :2]) ** 2).sum(-1)
+        both &= np.isfinite(tkp[:, None, :, :2]).all(-1) & np.isfinite(dkp[None, :, :, :2]).all(-1)
+        d2 = np.where(both, ((np.nan_to_num(tkp[:, None, :, :2]) - np.nan_to_num(dkp[None, :, :, :2])) ** 2).sum(-1), 0.0)
         area = 0.5 * (tbox[:, None, 2] * tbox[:, None, 3] + dbox[None, :, 2] * dbox[None, :, 3]) / 1.21
         oks_j = np.exp(-d2 / (2 * area[..., None] * (2 * _SIGMAS) ** 2 + 1e-9))
         n = both.sum(-1)
@@ -317,7 +319,8 @@ class Tracker:
         for r, c in self._match(sim[:, high], self.cfg.match_similarity):
             matched[high[c]] = live[r]
         # pass 2: the other detections, the tracks still free
-        free = [r for r, t in enumerate(live) if t not in matched.values()]
+        taken = {id(t) for t in matched.values()}
+        free = [r for r, t in enumerate(live) if id(t) not in taken]
         for r, c in self._match(sim[np.ix_(free, low)], self.cfg.low_match_similarity):
             matched[low[c]] = live[free[r]]
         out: list[Person] = []
