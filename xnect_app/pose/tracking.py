@@ -118,8 +118,10 @@ class BoxKalman:
         self.P = np.diag(np.square([0.1 * s] * 4 + [0.3 * s] * 4))
 
     def predict(self, steps: float = 1.0) -> np.ndarray:
-        """The box `steps` frames ahead (the state is not changed)."""
-        return self.x[:4] + steps * self.x[4:]
+        """The box `steps` frames ahead (the state is not changed), at least 8 px a side."""
+        box = self.x[:4] + steps * self.x[4:]
+        box[2:] = np.maximum(box[2:], 8.0)
+        return box
 
     def step(self) -> None:
         s = max(self.x[2], self.x[3])
