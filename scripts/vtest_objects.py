@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from xnect_app.bench.frames import read_frames  # noqa: E402
-from xnect_app.cli.model_args import UserError  # noqa: E402
-from xnect_app.estimator import PoseEstimator  # noqa: E402
+from xnect_app.estimator import ModelConfig, PoseEstimator, TrackConfig  # noqa: E402
+from xnect_app.options import UserError  # noqa: E402
 
 # object -> image position (x, y) in vtest.avi's 768x576 frames
 OBJECTS = {"tripod": (505, 356), "signpost": (430, 207), "sign+bollards": (712, 219), "blue sign": (40, 123)}
@@ -37,7 +37,7 @@ def main() -> None:
         frames = read_frames(Path(a.video), sys.maxsize, stride=a.every)
     except UserError as e:
         sys.exit(f"vtest_objects: {e} (bash demo_videos/fetch_vtest.sh fetches vtest.avi)")
-    est = PoseEstimator(weights=a.weights, tracking=False, fit_skeleton=False)
+    est = PoseEstimator(ModelConfig(weights=a.weights), track=TrackConfig(tracking=False, fit_skeleton=False))
     hits: dict[str, list[float]] = {k: [] for k in OBJECTS}
     people: list[int] = []
     elsewhere: list[int] = []

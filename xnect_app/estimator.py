@@ -103,8 +103,8 @@ class PoseEstimator:
         name = name or f"{stage1.cfg.backbone} (in training)"
         if keywords:  # the deprecated keywords (tracking=..., _name=...)
             keywords = {"torch_thread": False, "_name": name, **keywords, "_networks": (stage1, stage2)}
-            return cls(*_from_keywords(model, decode, track, None, keywords, stacklevel=3)[:3],
-                       networks=_split_keywords(keywords)[3])
+            model, decode, track, networks = _from_keywords(model, decode, track, None, keywords, stacklevel=3)
+            return cls(model, decode, track, networks=networks)
         return cls(model or ModelConfig(torch_thread=False), decode, track, networks=Networks(stage1, stage2, name))
 
     def _on_torch(self, fn, /, *args: Any, **kwargs: Any):

@@ -6,8 +6,8 @@ the speed and the accuracy are those a user gets:
   fp32            the model's modules as they are, torch eager (Stage1Net.fast_dense off)
   default         what PoseEstimator() runs: BN folded, NHWC (Stage1Net.fast_dense), precision
                   "auto" (bf16 where the CPU has bfloat16 instructions; the notes say which)
-  folded-fp32     BN folded, NHWC, float32 (PoseEstimator(precision="fp32"))
-  bf16            BN folded, NHWC, under bfloat16 autocast (PoseEstimator(precision="bf16"),
+  folded-fp32     BN folded, NHWC, float32 (ModelConfig(precision="fp32"))
+  bf16            BN folded, NHWC, under bfloat16 autocast (ModelConfig(precision="bf16"),
                   emulated and slow on CPUs without bfloat16 instructions)
   fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
   fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)

@@ -96,7 +96,7 @@ def benchmark_pipeline(video: str | Path, estimator, *, frames: int = 150, warmu
 
 def _run_off_main_thread(pipe):
     """Run in a fresh thread while the main thread waits for Ctrl-C. Either way the estimator's
-    torch work runs on its torch thread (torch_thread.py), as in the demo."""
+    torch work runs on its torch thread (runtime/torch_thread.py), as in the demo."""
     import threading
     box: dict[str, Any] = {}
 

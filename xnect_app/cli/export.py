@@ -7,7 +7,7 @@ examples:
   xnect-export onnx --random-weights --backbone selecsls42b --input-size 256x160 --out /tmp/onnx
   xnect-export onnx --int8 --calibration my_camera_frames/ --out onnx_int8   # int8 core, fixed size
 
-The result runs end to end with PoseEstimator(backend="onnxruntime", onnx_dir="onnx_out"), or
+The result runs end to end with `--backend onnxruntime --onnx-dir onnx_out` (every tool), or
 anywhere ONNX Runtime runs: xnect_onnx.json in the directory describes inputs, outputs, joint sets
 and decoding.
 """

@@ -117,7 +117,7 @@ class Stage1Net(nn.Module):
         self._fast_exec: Stage1Net | None = None
         # Inference without autograd on the CPU in bfloat16 (dense: autocast; sparse DynConv: its
         # layers in bfloat16): about 1.9x faster where the CPU has bfloat16 instructions (avx512_bf16,
-        # AMX), the same coco_dev AP; maps come back as float32. Set by PoseEstimator(precision=...).
+        # AMX), the same coco_dev AP; maps come back as float32. Set by the runtime (ModelConfig.precision).
         self.bf16_inference = False
         self.register_load_state_dict_post_hook(_drop_sparse_executor)
         if not self.cfg.dynconv:

@@ -1,4 +1,4 @@
-"""Causal motion masks for DynConv on a static camera (`PoseEstimator(dynconv="motion")`).
+"""Causal motion masks for DynConv on a static camera (`ModelConfig(dynconv="motion")`).
 
 A mask source for networks trained without a DynConv mask unit. The background is the per-pixel
 median of frames sampled from the past (a ring buffer; computed in a worker thread, so the
