@@ -107,6 +107,7 @@ class ImageRecord:
     masks: list = field(default_factory=list)
     ignore_polys: list = field(default_factory=list)
     ignore_outside: tuple | None = None  # (x0, y0, x1, y1): everything outside is unlabelled
+    original_name: str | None = None  # the image's file name in its dataset (packs re-encode them)
 
     def __post_init__(self) -> None:
         p = len(self.kp2d)
@@ -180,7 +181,7 @@ def lspet_to_ours(joints_lsp: np.ndarray, width: int, height: int) -> np.ndarray
     return out
 
 
-LSPET_HELDOUT = 500  # the last images of LSPET's list: held apart from training, for PCK
+LSPET_HELDOUT = 500  # LSPET's last images (im09501 ... im10000): held apart from training, for PCK
 
 
 def read_lspet(root: str | os.PathLike, ignore_context: bool = True, split: str = "train") -> list[ImageRecord]:
@@ -203,13 +204,16 @@ def read_lspet(root: str | os.PathLike, ignore_context: bool = True, split: str 
     labelled[list(skeleton.LSP14_FROM_2D)] = True
     recs = []
     images = ann["images"]
-    cut = len(images) - LSPET_HELDOUT
-    images = images[:cut] if split == "train" else images[cut:] if split == "heldout" else images
+    if split != "all":  # by the original file names, so packs of a subset hold out the same images
+        held = {f"im{i:05d}.jpg" for i in range(10001 - LSPET_HELDOUT, 10001)}
+        images = [im for im in images
+                  if (Path(im.get("original_file", im["file"])).name in held) == (split == "heldout")]
     for im in images:
         kp = lspet_to_ours(np.asarray(im["joints"]), im["width"], im["height"])
         rec = ImageRecord(path=str(root / im["file"]), width=im["width"], height=im["height"],
                           kp2d=kp[None], labelled_2d=labelled.copy(), source="lspet",
-                          keys=[Path(im.get("original_file", im["file"])).name])
+                          keys=[Path(im.get("original_file", im["file"])).name],
+                          original_name=Path(im.get("original_file", im["file"])).name)
         if ignore_context:
             x, y, w, h = rec.boxes[0]
             m = 0.25 * max(w, h, 10.0)
@@ -272,7 +276,7 @@ def read_coco(root_or_json: str | os.PathLike, source: str | None = None) -> lis
         recs.append(ImageRecord(path=str(root / im["file_name"]), width=im["width"], height=im["height"],
                                 kp2d=kp, labelled_2d=labelled.copy(), source=source,
                                 keys=[f"{name}#{a['id']}" for a in people], boxes=boxes,
-                                ignore_polys=ignore))
+                                ignore_polys=ignore, original_name=name))
     return recs
 
 

@@ -97,13 +97,14 @@ def attach_movenet(records: list[ImageRecord], labels, add_people: bool, key_of=
     """Merge the teacher people of `labels` (movenet_labels.MoveNetLabels, keyed by file name) into
     records, in place. add_people: the ground truth leaves people unlabelled (LSPET), so sure
     teacher people become labelled people; otherwise (COCO, which labels everyone it can) they
-    only become ignore regions. key_of(record): its key in labels (default: the file name).
+    only become ignore regions. key_of(record): its key in labels (default: the image's file
+    name in its dataset, which packs of re-encoded images keep).
     Crowds: MultiPose finds at most MULTIPOSE_MAX_PEOPLE people, so where it finds that many,
     LSPET keeps its ignore region around the labelled person (no bystanders are added), and
     an unlabelled image (teacher_only) is ignored outside the people found."""
     stats = {"images": 0, "matched": 0, "added": 0, "ignored": 0, "filled_joints": 0, "crowded": 0}
     for rec in records:
-        key = key_of(rec) if key_of else Path(rec.path).name
+        key = key_of(rec) if key_of else (rec.original_name or Path(rec.path).name)
         if key not in labels:
             continue
         stats["images"] += 1
