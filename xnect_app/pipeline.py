@@ -25,7 +25,7 @@ import numpy as np
 
 from .io.draw import Overlay
 from .io.sinks import Sink
-from .io.sources import END, Frame, FrameReader, LatestSlot, Source
+from .io.sources import END, Frame, FrameReader, LatestSlot, Source, join_thread
 from .types import FrameResult
 
 LOG = logging.getLogger(__name__)
@@ -253,10 +253,10 @@ class Pipeline:
         render = threading.Thread(target=self._guard, args=(self._render_loop, results, shown),
                                   name="render", daemon=True)
         self._render_thread = render
-        render.start()  # before inference, which checks that render is alive to hand it END
-        reader.start()
-        infer.start()
         try:
+            render.start()  # before inference, which checks that render is alive to hand it END
+            reader.start()
+            infer.start()
             while render.is_alive():
                 if self.display is not None:
                     try:
@@ -343,5 +343,4 @@ def _put(q: queue.Queue, item: object, give_up: Callable[[], bool]) -> bool:
 
 
 def _join(t: threading.Thread, timeout: float) -> bool:
-    t.join(timeout)
-    return not t.is_alive()
+    return join_thread(t, timeout)

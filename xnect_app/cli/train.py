@@ -8,8 +8,9 @@ Examples:
     xnect-train stage1 --out runs/xnect60 --backbone-weights SelecSLS60_statedict.pth
     torchrun --nproc_per_node 4 -m xnect_app.cli.train stage1 --out runs/xnect60 --device cuda
     xnect-train label lspet coco_train_extra extra_people backgrounds   # MoveNet teacher labels
-    xnect-train label ~/gym_footage && xnect-train stage1 --out runs/gym --init models/xnect_selecsls60.pt \
-        --own-data ~/gym_footage --max-hours 1   # fine-tune on your own footage
+    xnect-train label ~/gym_footage                                     # your own footage: label it,
+    xnect-train stage1 --out runs/gym --init models/xnect_selecsls60.pt --own-data ~/gym_footage \
+        --max-hours 1                                                   # then fine-tune on it
     xnect-train stage2 --out runs/stage2 --steps 3000
     xnect-train export --stage1 runs/xnect60/last.pt --stage2 runs/stage2/last.pt \
         [--mask-unit runs/dynmask/last.pt] --out models/xnect_selecsls60.pt

@@ -109,6 +109,9 @@ class _CaptureSource(Source):
     def __init__(self) -> None:
         super().__init__()
         self._cap: cv2.VideoCapture | None = None
+        # The capture thread reads while Ctrl-C may close from the main thread; releasing a
+        # capture inside read() aborts the process, so the two never overlap.
+        self._cap_lock = threading.Lock()
 
     def _describe_capture(self) -> None:
         cap = self._cap
@@ -118,13 +121,17 @@ class _CaptureSource(Source):
         self.size = (w, h) if w > 0 and h > 0 else None
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        with self._cap_lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
 
     def _read(self) -> tuple[np.ndarray | None, float]:
         t0 = time.perf_counter()
-        ok, img = self._cap.read()
+        with self._cap_lock:
+            if self._cap is None:  # closed meanwhile
+                return None, 0.0
+            ok, img = self._cap.read()
         return (img if ok and img is not None and img.size else None), (time.perf_counter() - t0) * 1e3
 
 
@@ -170,7 +177,8 @@ class VideoSource(_CaptureSource):
                     time.sleep(delay)
             yield Frame(index, img, index / fps, time.perf_counter(), read_ms, self.name)
             index += 1
-        self._check_end(index)
+        if self._cap is not None:  # not closed under us
+            self._check_end(index)
 
     def _check_end(self, decoded: int) -> None:
         # The header's frame count is an estimate for some containers; allow a little slack.
@@ -426,6 +434,20 @@ class LatestSlot:
             return END if item is None else item
 
 
+def join_thread(t: threading.Thread, timeout: float) -> bool:
+    """Join with a timeout that a Ctrl-C meanwhile does not cut short: the thread may still be
+    using a source that the caller closes next. True when the thread has ended."""
+    if t.ident is None:  # never started
+        return True
+    deadline = time.perf_counter() + timeout
+    while t.is_alive() and time.perf_counter() < deadline:
+        try:
+            t.join(min(0.2, max(0.0, deadline - time.perf_counter())))
+        except KeyboardInterrupt:
+            continue
+    return not t.is_alive()
+
+
 class FrameReader:
     """Reads a source in its own thread.
 
@@ -456,9 +478,8 @@ class FrameReader:
     def stop(self) -> None:
         self._stop.set()
 
-    def join(self, timeout: float | None = None) -> bool:
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+    def join(self, timeout: float = 10.0) -> bool:
+        return join_thread(self._thread, timeout)
 
     def get(self, timeout: float | None = None) -> Frame | object:
         """The next frame or END; raises TimeoutError when nothing arrived in `timeout`."""

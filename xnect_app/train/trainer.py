@@ -111,7 +111,7 @@ def collate_targets(samples: list[Any], stride: int = 8) -> tuple[torch.Tensor, 
         img = _get(s, "image")
         h, w = img.shape[:2]
         kp3d = _get(s, "kp3d_mm")
-        kp2d, uncertain = split_uncertain(_get(s, "kp2d"), _get(s, "weight_2d"))
+        kp2d, uncertain = split_uncertain(_get(s, "kp2d"), _get(s, "weight_2d", None))
         t = render_targets(kp2d, kp3d, in_size=(w, h), stride=stride)
         hm_mask, paf_mask = target_masks(_get(s, "labelled_2d"), _get(s, "ignore_mask"), t["heatmaps"].shape[1:], stride)
         if uncertain.any():
@@ -221,8 +221,13 @@ def _match_state_layout(opt: torch.optim.Optimizer) -> None:
                     opt.state[p][k] = v.contiguous(memory_format=torch.channels_last)
 
 
-def _get(s: Any, key: str) -> Any:
-    return s[key] if isinstance(s, dict) else getattr(s, key)
+_REQUIRED = object()
+
+
+def _get(s: Any, key: str, default: Any = _REQUIRED) -> Any:
+    if default is _REQUIRED:
+        return s[key] if isinstance(s, dict) else getattr(s, key)
+    return s.get(key, default) if isinstance(s, dict) else getattr(s, key, default)
 
 
 class Trainer:
@@ -570,10 +575,13 @@ def training_loader(ds, cfg: TrainConfig, seed: int, pin_memory: bool = False) -
     from .data import DrawSampler
 
     sampler = DrawSampler(len(ds), cfg.epoch_steps * cfg.batch_size, seed)
+    # Workers start fresh ("spawn"): a forked worker inherits OpenCV's thread pool mid-use from a
+    # parent that has already resized images, and can hang for ever in its first cv2 call.
     return torch.utils.data.DataLoader(
         ds, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate_targets,
         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=pin_memory,
-        worker_init_fn=_seed_worker, prefetch_factor=4 if cfg.workers > 0 else None)
+        worker_init_fn=_seed_worker, prefetch_factor=4 if cfg.workers > 0 else None,
+        multiprocessing_context="spawn" if cfg.workers > 0 else None)
 
 
 def _seed_worker(worker_id: int) -> None:
