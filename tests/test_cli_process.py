@@ -71,9 +71,11 @@ def clips(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def processed(clips, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
-    # --min-score 0.1: the untrained network's faint junk people are the tracks the BVH test needs
+    # --min-score 0.1 and a tracker that takes faint people at once: the untrained network's
+    # junk people are the tracks the BVH test needs
     r = cli(str(clips), "--out-dir", str(out), "--video", "--csv", "--coco", "--bvh",
-            "--min-track-frames", "2", "--min-score", "0.1", "--no-progress", *FAST)
+            "--min-track-frames", "2", "--min-score", "0.1", "--track-high-score", "0.1", "--track-confirm", "1",
+            "--no-progress", *FAST)
     return clips, out, r
 
 
@@ -153,9 +155,11 @@ def test_bvh_files_parse_and_span_the_clip(processed):
 def test_rerun_skips_complete_outputs_and_overwrite_redoes(processed):
     clips, out, _ = processed
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    # --min-score 0.1: the untrained network's faint junk people are the tracks the BVH test needs
+    # --min-score 0.1 and a tracker that takes faint people at once: the untrained network's
+    # junk people are the tracks the BVH test needs
     r = cli(str(clips), "--out-dir", str(out), "--video", "--csv", "--coco", "--bvh",
-            "--min-track-frames", "2", "--min-score", "0.1", "--no-progress", *FAST)
+            "--min-track-frames", "2", "--min-score", "0.1", "--track-high-score", "0.1", "--track-confirm", "1",
+            "--no-progress", *FAST)
     assert r.returncode == 0 and r.stdout.startswith("0 done,")
     assert "skipped" in r.stderr and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
     r = cli(str(clips / "short_clip.mp4"), "--out-dir", str(out), "--overwrite", "--video", "--csv",

@@ -208,3 +208,24 @@ def test_the_first_releases_keywords_still_work_with_a_deprecation_warning(tmp_p
     assert old_letterbox is letterbox
     with pytest.raises(TypeError, match="flip_tset"), pytest.warns(DeprecationWarning):
         PoseEstimator(random_init=True, flip_tset=True)
+
+
+@pytest.mark.parametrize("tool", ["process", "demo", "server"])
+def test_the_tracking_options_reach_the_trackers_of_every_stream(tool):
+    """--track-* of xnect-process / -demo / -server set the estimator's tracker and the server's
+    per-client trackers alike."""
+    import importlib
+
+    from xnect_app.options import tracker_config
+    from xnect_app.server.app import default_tracker_factory
+
+    parser = importlib.import_module(f"xnect_app.cli.{tool}").build_parser()
+    where = {"process": ["x.mp4", "--out-dir", "o"], "demo": ["--video", "x.mp4"], "server": []}[tool]
+    args = parser.parse_args(where
+                             + ["--track-confirm", "1", "--track-no-colour", "--track-max-lost", "3"])
+    cfg = tracker_config(args)
+    assert (cfg.confirm_frames, cfg.use_colour, cfg.max_lost_s) == (1, False, 3.0)
+    est = PoseEstimator(random_model(), track=TrackConfig(tracker=cfg))
+    assert est.new_stream().tracker.cfg == cfg and default_tracker_factory(est)().cfg == cfg
+    with pytest.raises(SystemExit):
+        parser.parse_args([*where, "--track-max-lost", "-1"])

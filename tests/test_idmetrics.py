@@ -51,3 +51,11 @@ def test_track_stats():
     st = track_stats(frames)
     assert st["track_ids"] == 3 and st["median_track_length"] == 25
     assert np.isclose(st["confident_in_long_tracks"], 25 / 35)  # 25 of A's, none of C's or the id-less
+
+
+def test_partial_ground_truth_ignores_predictions_of_unlabelled_people():
+    gt, pred = _walk(10, [4] * 10, [5] * 10)
+    gt = [fr[:1] for fr in gt]              # B is not labelled
+    assert identity_scores(gt, pred).idp == 0.5
+    s = identity_scores(gt, pred, partial=True)
+    assert s.idf1 == 1.0 and s.predicted_ids == 1

@@ -7,7 +7,7 @@ from xnect_app import skeleton
 from xnect_app.pose.kinematics import bone_lengths_of
 from xnect_app.pose.one_euro import ONE_EURO_2D, ONE_EURO_3D, OneEuroFilter
 from xnect_app.pose.synthetic import place_people, project, random_people
-from xnect_app.pose.tracking import Tracker
+from xnect_app.pose.tracking import Tracker, TrackerConfig
 from xnect_app.types import Intrinsics
 
 FPS = 30.0
@@ -189,3 +189,41 @@ def test_tracker_fits_the_skeleton_per_track():
                 bones.setdefault(p.track_id, p.bone_lengths_mm)
                 assert np.allclose(p.bone_lengths_mm, bones[p.track_id], atol=1e-6)
     assert len(bones) == 2
+
+
+def _moved(kp2d: np.ndarray, dx: float) -> np.ndarray:
+    kp = kp2d.copy()
+    kp[:, 0] += dx
+    return kp
+
+
+def _paint(img: np.ndarray, kp2d: np.ndarray, bgr: tuple[int, int, int]) -> None:
+    """Clothes of one colour over the person's whole box."""
+    (x0, y0), (x1, y1) = kp2d[kp2d[:, 2] > 0, :2].min(0).astype(int), kp2d[kp2d[:, 2] > 0, :2].max(0).astype(int)
+    img[y0:y1 + 1, x0:x1 + 1] = bgr
+
+
+def test_a_person_found_again_after_an_occlusion_keeps_their_id_by_the_colour_of_their_clothes():
+    """A stands still, goes behind something for half a second and comes out two body widths
+    further on; B, in other colours, stays in view. With the frames' colours A gets their id
+    back; without them, A is a new person."""
+    base = crossing_walk(n_frames=40)[0][0][0]              # a 113 x 171 px person at x 39..152
+    results = {}
+    for use_colour in (True, False):
+        tracker = Tracker(config=TrackerConfig(use_colour=use_colour))
+        ids_a = []
+        for f in range(45):
+            img = np.full((320, 720, 3), 90, np.uint8)
+            b = dict(base, kp2d=_moved(base["kp2d"], 520))
+            _paint(img, b["kp2d"], (200, 60, 20))              # B: blue
+            dets = [b]
+            if not 15 <= f < 30:                               # A hidden for 15 frames
+                a = dict(base, kp2d=_moved(base["kp2d"], 0 if f < 15 else 330))
+                _paint(img, a["kp2d"], (30, 30, 220))           # A: red
+                dets.insert(0, a)
+            out = tracker.update(dets, timestamp=f / FPS, image=img)
+            if len(out) == 2:
+                ids_a.append(out[0].track_id)
+        results[use_colour] = ids_a
+    assert results[True] == [1] * 30, results[True]
+    assert results[False][:15] == [1] * 15 and 1 not in results[False][15:], results[False]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Hashable, Sequence
 
@@ -29,7 +29,7 @@ from .nn.stage2 import Stage2Model
 from .pose.decode import decode as decode_maps
 from .pose.paf import GroupingConfig
 from .pose.root import solve_root_translation
-from .pose.tracking import Tracker
+from .pose.tracking import Tracker, TrackerConfig
 from .runtime import ModelConfig, build_runtime, preprocess
 from .runtime.torch_thread import on_torch_thread
 from .types import FrameResult, Intrinsics, Person
@@ -69,9 +69,11 @@ class DecodeConfig:
 @dataclass(frozen=True)
 class TrackConfig:
     """Stage III. tracking: identities and One Euro smoothing across calls (video), off for
-    independent images; fit_skeleton: the kinematic skeleton fit (joint angles), needs tracking."""
+    independent images; fit_skeleton: the kinematic skeleton fit (joint angles), needs tracking;
+    tracker: how detections join tracks (pose.tracking.TrackerConfig, the --track-* options)."""
     tracking: bool = True
     fit_skeleton: bool = True
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
 
 
 class PoseEstimator:
@@ -149,7 +151,7 @@ class PoseEstimator:
 
     def new_stream(self) -> "Stage3Stream":
         """Stage III state for one video stream (a server keeps one per client)."""
-        return Stage3Stream(fit_skeleton=self.fit_skeleton)
+        return Stage3Stream(fit_skeleton=self.fit_skeleton, config=self.track.tracker)
 
     def forget_stream(self, stream: Hashable) -> None:
         """Drop the motion-mask state of one stream of `detect_batch(..., streams=...)` (a client
@@ -163,7 +165,7 @@ class PoseEstimator:
         res.time_s = float(timestamp) if timestamp is not None else float(self._frame_index) / 30.0
         self._frame_index += 1
         if self._stream is not None:
-            self._stream.process(res)
+            self._stream.process(res, image=frame_bgr)
         return res
 
     def detect_batch(self, frames: Sequence[np.ndarray],
@@ -243,14 +245,16 @@ class PoseEstimator:
 class Stage3Stream:
     """Identity tracking, One Euro smoothing and skeleton fitting for one stream of frames."""
 
-    def __init__(self, fit_skeleton: bool = True):
+    def __init__(self, fit_skeleton: bool = True, config: TrackerConfig | None = None):
         self.fit_skeleton = fit_skeleton
-        self.tracker = Tracker()
+        self.tracker = Tracker(config=config)
 
-    def process(self, res: FrameResult) -> FrameResult:
-        """Tracks, smooths and fits res.people in place (frame order matters); returns res."""
+    def process(self, res: FrameResult, image: np.ndarray | None = None) -> FrameResult:
+        """Tracks, smooths and fits res.people in place (frame order matters); returns res.
+        image: the frame (BGR), whose colours help find people again after an occlusion."""
         t0 = time.perf_counter()
-        res.people = self.tracker.update(res.people, res.time_s, res.intrinsics, fit_skeleton=self.fit_skeleton)
+        res.people = self.tracker.update(res.people, res.time_s, res.intrinsics, fit_skeleton=self.fit_skeleton,
+                                         image=image)
         res.timings_ms["stage3"] = (time.perf_counter() - t0) * 1000
         return res
 

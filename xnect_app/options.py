@@ -14,13 +14,15 @@ import sys
 from typing import Any, NoReturn
 
 from .estimator import DEFAULT_MIN_SCORE, DecodeConfig, PoseEstimator, TrackConfig
+from .pose.tracking import TrackerConfig
 from .runtime.config import BACKENDS, DYNCONV_MASKS, ModelConfig
 from .runtime.motion import DEFAULT_MARGIN
 from .runtime.precision import PRECISIONS
 
 __all__ = ["DATA_ROOT", "DEFAULT_INPUT_SIZE", "DEFAULT_MIN_SCORE", "OneLineParser", "UserError", "fail", "run_cli",
            "input_size", "whole_number", "positive_int", "non_negative_int", "ranged", "cells", "score", "fraction",
-           "scale_list", "add_model_args", "model_config", "decode_config", "build_estimator", "model_signature",
+           "scale_list", "seconds", "add_model_args", "model_config", "decode_config", "build_estimator", "model_signature",
+           "add_track_args", "tracker_config", "tracker_signature",
            "MODEL_FIELD_OPTIONS", "SOURCE_OPTIONS"]
 
 # Where the datasets are unless a tool is told otherwise: the only place that names this folder.
@@ -77,6 +79,7 @@ def ranged(convert, what: str, inside, shown: str):
 cells = ranged(int, "a whole number", lambda v: 0 <= v <= 16, "0..16")         # mask margins
 score = ranged(float, "a number", lambda v: 0.0 <= v < 1.0, "[0, 1)")          # person scores
 fraction = ranged(float, "a number", lambda v: 0.0 < v <= 1.0, "(0, 1]")       # shares
+seconds = ranged(float, "a number", lambda v: 0.0 < v <= 3600.0, "(0, 3600]")   # durations
 
 
 def scale_list(text: str) -> tuple[float, ...]:
@@ -240,6 +243,38 @@ def decode_config(args: argparse.Namespace, **overrides: Any) -> DecodeConfig:
         return DecodeConfig(**kw)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def add_track_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The "tracking" option group (pose.tracking.TrackerConfig)."""
+    d = TrackerConfig()
+    g = parser.add_argument_group("tracking")
+    g.add_argument("--track-high-score", type=score, default=d.high_score, metavar="S",
+                   help="people this sure are matched first and may start tracks; the others only continue "
+                        "tracks (default %(default)s)")
+    g.add_argument("--track-max-lost", type=seconds, default=d.max_lost_s, metavar="SEC",
+                   help="seconds a person may be unseen (occluded, missed) and keep their id (default %(default)s)")
+    g.add_argument("--track-confirm", type=positive_int, default=d.confirm_frames, metavar="N",
+                   help="frames a new person must be seen before getting an id (default %(default)s; 1 gives "
+                        "ids at once, with more short-lived ids for false detections)")
+    g.add_argument("--track-no-colour", action="store_true",
+                   help="match people by position and pose only, not by the colours of their clothes")
+    return g
+
+
+def tracker_config(args: argparse.Namespace) -> TrackerConfig:
+    """The TrackerConfig of parsed --track-* options (defaults where the tool has none)."""
+    a, d = vars(args), TrackerConfig()
+    return TrackerConfig(high_score=a.get("track_high_score", d.high_score),
+                         max_lost_s=a.get("track_max_lost", d.max_lost_s),
+                         confirm_frames=a.get("track_confirm", d.confirm_frames),
+                         use_colour=not a.get("track_no_colour"))
+
+
+def tracker_signature(config: TrackerConfig) -> dict[str, Any]:
+    """The tracker settings that differ from the defaults (outputs depend on them)."""
+    d = TrackerConfig()
+    return {k: v for k, v in vars(config).items() if v != getattr(d, k)}
 
 
 def model_signature(args: argparse.Namespace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ examples:
   xnect-bench pose                             # post-processing time for 1, 5, 10, 15 people
   xnect-bench pipeline --help                  # end-to-end fps on a video, threaded vs sequential
   xnect-bench tta --frames 20                  # cost of --flip and --scales against one pass
+  xnect-bench tracking demo_videos/vtest.avi --gt tests/data/vtest_ids.json  # identities
   xnect-bench backbone --quick                 # batch 1 only, a few minutes on 2 CPU cores
   xnect-bench backbone --json > backbone.json  # everything, as one JSON document
   xnect-bench backbone --models 60 --sizes 512x320 --batches 1 --runs 5 --threads 2
@@ -18,6 +19,7 @@ from ..bench import backbone as bench_backbone
 from ..bench import dynconv as bench_dynconv
 from ..bench import fastpath as bench_fastpath
 from ..bench import pipeline as bench_pipeline
+from ..bench import tracking as bench_tracking
 from ..bench import tta as bench_tta
 from ..bench.pose import run_pose_bench
 from ..options import OneLineParser, UserError, positive_int
@@ -85,6 +87,13 @@ def add_fastpath(subparsers) -> None:
     p.set_defaults(func=bench_fastpath.run)
 
 
+def add_tracking(subparsers) -> None:
+    p = subparsers.add_parser("tracking", help="identities on a video: track counts and lengths, IDF1 against labels",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, description=bench_tracking.__doc__)
+    bench_tracking.build_parser(p)
+    p.set_defaults(func=bench_tracking.run)
+
+
 # --------------------------------------------------------------------------- entry point
 
 def _fail(args: argparse.Namespace, message: str):
@@ -103,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dynconv(sub)
     add_fastpath(sub)
     add_tta(sub)
+    add_tracking(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-bench {name}")
     return parser

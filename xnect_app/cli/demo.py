@@ -24,8 +24,8 @@ from ..estimator import TrackConfig
 from ..io.draw import Overlay, Window, display_available
 from ..io.sinks import JsonlSink, VideoSink, close_all
 from ..io.sources import ImageSource, SourceError, open_source
-from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, model_config,
-                       positive_int, run_cli)
+from ..options import (OneLineParser, UserError, add_model_args, add_track_args, build_estimator, decode_config,
+                       model_config, positive_int, run_cli, tracker_config)
 from ..pipeline import Pipeline
 
 PROG = "xnect-demo"
@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --dynconv: darken the parts of the frame the network skipped")
     out.add_argument("--quiet", action="store_true", help="no periodic status lines")
     add_model_args(p)
+    add_track_args(p)
     return p
 
 
@@ -112,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     if source.live:  # opened only to fail fast; reopen after the model loads, without a backlog
         source.close()
-    est = build_estimator(model_config(args), decode_config(args), TrackConfig(tracking=not is_images))
+    est = build_estimator(model_config(args), decode_config(args), TrackConfig(tracking=not is_images, tracker=tracker_config(args)))
     if args.show_mask and not (est.dynconv or (est.stage1 is not None and est.stage1.cfg.dynconv)):
         raise UserError("--show-mask needs --dynconv (or weights with a DynConv mask unit)")
     if source.live:

@@ -20,8 +20,9 @@ from ..io.bvh import BvhSink
 from ..io.draw import Overlay
 from ..io.sinks import TMP_MARK, CocoSink, CsvSink, JsonlSink, VideoSink, atomic_write_text, close_all
 from ..io.sources import IMAGE_EXTS, VIDEO_EXTS, ImageSource, SourceError, VideoSource, is_glob, is_url, list_images
-from ..options import build_estimator
+from ..options import build_estimator, tracker_signature
 from ..pipeline import Pipeline
+from ..pose.tracking import TrackerConfig
 from ..runtime.config import ModelConfig
 from ..weights import default_weights_path
 
@@ -54,12 +55,14 @@ class Options:
     min_track_frames: int = 5
     model: ModelConfig = field(default_factory=ModelConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
     model_options: dict = field(default_factory=dict)   # options.model_signature: what the outputs depend on
 
     def signature(self) -> dict[str, Any]:
         """What the outputs depend on, stored in the manifest to decide about skipping."""
         return {"video": self.video, "coco": self.coco, "csv": self.csv, "bvh": self.bvh,
-                "min_track_frames": self.min_track_frames,
+                "min_track_frames": self.min_track_frames, **({"tracker": tracker_signature(self.tracker)}
+                                                               if tracker_signature(self.tracker) else {}),
                 "model": {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.model_options.items())},
                 "weights_file": weights_fingerprint(self.model_options)}
 
@@ -320,9 +323,10 @@ _ESTIMATORS: dict[str, Any] = {}
 
 def estimator_for(job: Job, opts: Options):
     """One estimator per kind and process: videos are tracked sequences, images independent."""
-    key = json.dumps([job.kind, opts.signature()["model"]], sort_keys=True)
+    key = json.dumps([job.kind, opts.signature()["model"], tracker_signature(opts.tracker)], sort_keys=True)
     if key not in _ESTIMATORS:
-        _ESTIMATORS[key] = build_estimator(opts.model, opts.decode, TrackConfig(tracking=job.kind == "video"))
+        track = TrackConfig(tracking=job.kind == "video", tracker=opts.tracker)
+        _ESTIMATORS[key] = build_estimator(opts.model, opts.decode, track)
     return _ESTIMATORS[key]
 
 

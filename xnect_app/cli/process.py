@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io.sources import cv2  # imported there after quieting FFmpeg's logging
-from ..options import (OneLineParser, UserError, add_model_args, decode_config, fail, model_config, model_signature,
-                       positive_int)
+from ..options import (OneLineParser, UserError, add_model_args, add_track_args, decode_config, fail, model_config,
+                       model_signature, positive_int, tracker_config)
 from . import process_ray
 from .jobs import (PROG, Job, JobReport, Options, describe, discover, estimator_for, forget_estimators,  # noqa: F401
                    is_complete, run_job)
@@ -282,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ray: CPUs (and torch threads) per worker actor (default 1)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_model_args(p)
+    add_track_args(p)
     return p
 
 
@@ -320,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         opts = Options(out_dir=str(args.out_dir), video=args.video, coco=args.coco, csv=args.csv,
                        bvh=args.bvh, overwrite=args.overwrite, min_track_frames=args.min_track_frames,
-                       model=model_config(args), decode=decode_config(args), model_options=model_signature(args))
+                       model=model_config(args), decode=decode_config(args), tracker=tracker_config(args),
+                       model_options=model_signature(args))
         jobs, errors = discover(args.inputs)
         for err in errors:
             print(f"{PROG}: error: {err}", file=sys.stderr)

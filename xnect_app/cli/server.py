@@ -20,7 +20,8 @@ from pathlib import Path
 import uvicorn
 
 from ..estimator import TrackConfig
-from ..options import OneLineParser, UserError, add_model_args, build_estimator, decode_config, fail, model_config
+from ..options import (OneLineParser, UserError, add_model_args, add_track_args, build_estimator, decode_config, fail,
+                       model_config, tracker_config)
 from ..server.app import create_app
 from ..server.broadcast import open_capture
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = add_model_args(p)
     model.add_argument("--no-skeleton-fit", action="store_true", help="skip the kinematic skeleton fit")
+    add_track_args(p)
 
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-frame-mb", type=float, default=8.0, help="largest frame message, MiB")
@@ -86,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
 def make_estimator(args: argparse.Namespace):
     try:
         return build_estimator(model_config(args), decode_config(args),
-                               TrackConfig(tracking=True, fit_skeleton=not args.no_skeleton_fit))
+                               TrackConfig(tracking=True, fit_skeleton=not args.no_skeleton_fit,
+                                           tracker=tracker_config(args)))
     except UserError as e:
         raise ValueError(str(e)) from None
 

@@ -44,10 +44,15 @@ class IdentityScores:
         return dict(self.__dict__)
 
 
-def identity_scores(gt: list[Frame], pred: list[Frame], iou: float = 0.5) -> IdentityScores:
-    """Scores of predicted tracks against the ground truth, frame lists of equal length."""
+def identity_scores(gt: list[Frame], pred: list[Frame], iou: float = 0.5, partial: bool = False) -> IdentityScores:
+    """Scores of predicted tracks against the ground truth, frame lists of equal length.
+    partial: the ground truth leaves some people out, so predictions overlapping no labelled
+    box (IoU under `iou` with all of them) are left out rather than counted as false."""
     if len(gt) != len(pred):
         raise ValueError(f"{len(gt)} ground-truth frames but {len(pred)} predicted")
+    if partial:
+        pred = [[(i, b) for i, b in p_fr if g_fr and box_iou(b, np.stack([g for _, g in g_fr])).max() >= iou]
+                for g_fr, p_fr in zip(gt, pred)]
     pred = [[(i, b) for i, b in fr if i >= 0] for fr in pred]
     gt_ids = sorted({i for fr in gt for i, _ in fr})
     pr_ids = sorted({i for fr in pred for i, _ in fr})

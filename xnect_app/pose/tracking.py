@@ -18,7 +18,7 @@ the median of the raw 3D bone lengths over its first `rescale_frames` frames wit
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -154,6 +154,7 @@ class TrackerConfig:
         predicted box (near it, by motion alone).
     max_lost_s: seconds a lost track is kept; max_age, if given, counts frames instead.
     confirm_frames: matched frames before a new track gets an id.
+    use_colour: compare torso colours (needs the frames: `update(..., image=)`).
     """
     high_score: float = 0.4
     match_similarity: float = 0.2
@@ -163,6 +164,7 @@ class TrackerConfig:
     max_age: int | None = None
     confirm_frames: int = 3
     appearance_weight: float = 0.5
+    use_colour: bool = True
 
 
 @dataclass(eq=False)  # tracks are compared by identity
@@ -216,7 +218,7 @@ class Tracker:
                  depth_weight: float = 0.0, rescale_frames: int = 2, smooth: bool = True,
                  one_euro_2d: dict | None = None, one_euro_3d: dict | None = None, freq: float = 30.0,
                  ik: IKConfig = IKConfig(), config: TrackerConfig | None = None):
-        self.cfg = config or TrackerConfig()
+        self.cfg = replace(config) if config is not None else TrackerConfig()  # own copy
         if max_age is not None:
             self.cfg.max_age = max_age
         if gate is not None and gate < 1:
@@ -309,6 +311,7 @@ class Tracker:
         time_s = self._frame / self.freq if timestamp is None else float(timestamp)
         first_frame = self._frame == 0
         self._frame += 1
+        image = image if self.cfg.use_colour else None
         dets = [self._as_arrays(p, image) for p in people]
         for t in self.tracks.values():
             t.box.step()

@@ -38,10 +38,12 @@ _DEFAULT = object()
 
 
 def default_tracker_factory(estimator: Any) -> Callable[[], Any] | None:
-    """One pose.tracking.Tracker per stream when the estimator tracks; None otherwise."""
+    """One pose.tracking.Tracker per stream (with the estimator's tracker settings) when the
+    estimator tracks; None otherwise."""
     if not getattr(estimator, "tracking", False):
         return None
-    return Tracker
+    config = getattr(getattr(estimator, "track", None), "tracker", None)
+    return lambda: Tracker(config=config)
 
 
 def create_app(estimator_factory: Callable[[], Any], config: ServerConfig | None = None, *,

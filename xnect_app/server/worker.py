@@ -78,7 +78,7 @@ class BatchRunner:
         else:
             results = self.estimator.detect_batch(images)
         fit = bool(getattr(self.estimator, "fit_skeleton", False))
-        for res, stream, ts in zip(results, streams, timestamps):
+        for res, image, stream, ts in zip(results, images, streams, timestamps):
             st = self._streams.get(stream)
             if st is None:
                 tracker = self.tracker_factory() if self.tracker_factory is not None else None
@@ -89,6 +89,8 @@ class BatchRunner:
             if st.tracker is not None:
                 t0 = time.perf_counter()
                 kw = {"fit_skeleton": fit} if _accepts(st.tracker.update, "fit_skeleton") else {}
+                if _accepts(st.tracker.update, "image"):
+                    kw["image"] = image
                 res.people = list(st.tracker.update(res.people, res.time_s, res.intrinsics, **kw))
                 res.timings_ms["stage3"] = (time.perf_counter() - t0) * 1000
         return results
