@@ -160,6 +160,25 @@ def test_each_client_is_tracked_apart_and_reset_restarts(frames):
         assert recv(a)["people"][0]["id"] == 1
 
 
+def test_each_client_can_bring_its_own_tracker_settings(frames):
+    """?track_high_score= (and the other --track-* settings) in a capture client's URL apply to
+    that client only; a bad value is a clear error."""
+    est = SpotEstimator()
+    client = TestClient(create_app(lambda: est, ServerConfig()))  # the real per-client trackers
+    with client, connect(client, "/ws/capture?track_high_score=0.99") as strict, \
+            connect(client, "/ws/capture?track_high_score=0&track_confirm=1") as easy:
+        recv(strict), recv(easy)
+        ids = {"strict": [], "easy": []}
+        for i in range(3):
+            for name, ws in (("strict", strict), ("easy", easy)):
+                ws.send_bytes(schemas.pack_frame(i, 0, jpeg(frames[i])))
+                ids[name].append(recv(ws)["people"][0]["id"])
+        assert ids == {"strict": [-1, -1, -1], "easy": [1, 1, 1]}
+    with client, connect(client, "/ws/capture?track_confirm=zero") as bad:
+        msg = recv(bad)
+        assert msg["type"] == "error" and msg["code"] == "bad_option" and "track_confirm='zero'" in msg["message"]
+
+
 def test_newest_frame_wins_and_every_frame_is_answered(frames):
     client, est = make_client(hold=True)  # frame 1 stays in inference until released
     with client, connect(client) as ws:

@@ -1,5 +1,6 @@
 // Page wiring: mode selector, websocket, overlay, 3D view, stats.
 // URL options: ?mode=capture|broadcast &token=T &autostart=1 &width=640 &quality=0.8
+// &track_high_score=S &track_max_lost=SEC &track_confirm=N &track_colour=0|1 (capture: this page's tracker)
 // window.xnect exposes the state and drawing for tests and the console.
 
 import { CaptureClient } from "./capture.js";
@@ -146,7 +147,12 @@ async function start() {
     stop();
     return;
   }
-  ws = new WebSocket(socketUrl(m === "capture" ? "ws/capture" : "ws/broadcast", { token }));
+  // the page's own tracker settings (?track_confirm=1 ...) go to the server with the capture stream
+  const tracking = {};
+  if (m === "capture") {
+    for (const k of ["track_high_score", "track_max_lost", "track_confirm", "track_colour"]) tracking[k] = params.get(k);
+  }
+  ws = new WebSocket(socketUrl(m === "capture" ? "ws/capture" : "ws/broadcast", { token, ...tracking }));
   ws.binaryType = "arraybuffer";
   ws.onopen = () => {
     setStatus("connected");

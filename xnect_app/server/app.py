@@ -42,8 +42,8 @@ def default_tracker_factory(estimator: Any) -> Callable[[], Any] | None:
     estimator tracks; None otherwise."""
     if not getattr(estimator, "tracking", False):
         return None
-    config = getattr(getattr(estimator, "track", None), "tracker", None)
-    return lambda: Tracker(config=config)
+    default = getattr(getattr(estimator, "track", None), "tracker", None)
+    return lambda config=None: Tracker(config=config or default)
 
 
 def create_app(estimator_factory: Callable[[], Any], config: ServerConfig | None = None, *,

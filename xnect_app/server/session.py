@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections import deque
+from dataclasses import replace
 from typing import Any
 
 from fastapi import WebSocket
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from .. import skeleton, types
+from ..pose.tracking import TrackerConfig
 from .._moved import moved_names
 from . import schemas
 from .jpeg import BadImage, jpeg_size
@@ -273,6 +275,35 @@ async def _await_hello(session: Session) -> bool:
     return True
 
 
+# URL parameter: (TrackerConfig field, parse, accepted, what to give)
+TRACK_QUERY = {
+    "track_high_score": ("high_score", float, lambda v: 0.0 <= v < 1.0, "a score in [0, 1)"),
+    "track_max_lost": ("max_lost_s", float, lambda v: 0.0 < v <= 3600.0, "seconds in (0, 3600]"),
+    "track_confirm": ("confirm_frames", int, lambda v: v >= 1, "a whole number >= 1"),
+    "track_colour": ("use_colour", {"0": False, "1": True}.__getitem__, lambda v: True, "0 or 1"),
+}
+
+
+def tracker_config_from_query(query: Any, state: ServerState) -> Any:
+    """A capture client's own tracker settings from its URL (?track_confirm=1&track_colour=0,
+    as the server's --track-* options), or None to keep the server's. ValueError names a bad one."""
+    given = [k for k in TRACK_QUERY if k in query]
+    if not given:
+        return None
+    values: dict[str, Any] = {}
+    for key in given:
+        field_name, parse, accepted, want = TRACK_QUERY[key]
+        try:
+            value = parse(query[key])
+        except (ValueError, KeyError):
+            value = None
+        if value is None or not accepted(value):
+            raise ValueError(f"{key}={query[key]!r}: give {want}")
+        values[field_name] = value
+    base = getattr(getattr(state.estimator, "track", None), "tracker", None) or TrackerConfig()
+    return replace(base, **values)
+
+
 async def serve(ws: WebSocket, state: ServerState, mode: str, send_frames: bool = True) -> None:
     """Run one connection from handshake to close."""
     if not await admit(ws, state):
@@ -294,6 +325,13 @@ async def serve(ws: WebSocket, state: ServerState, mode: str, send_frames: bool 
             session.send(session.meta(image_wh=bc.image_wh, fps=bc.fps, source=bc.name))
             bc.subscribe(session.outbox, send_frames)
         else:
+            try:
+                tracker = tracker_config_from_query(ws.query_params, state)
+            except ValueError as e:
+                session.error("bad_option", str(e), fatal=True)
+                return
+            if tracker is not None:
+                state.worker.runner.tracker_configs[session.id] = tracker
             session.send(session.meta())
         await _receive_loop(session)
     finally:

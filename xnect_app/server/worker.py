@@ -62,6 +62,7 @@ class BatchRunner:
     def __init__(self, estimator: Any, tracker_factory: Callable[[], Any] | None = None):
         self.estimator = estimator
         self.tracker_factory = tracker_factory
+        self.tracker_configs: dict[Hashable, Any] = {}  # per-stream settings (the client's URL)
         self._streams: dict[Hashable, _StreamState] = {}
         self._warned_shared = False
 
@@ -81,7 +82,9 @@ class BatchRunner:
         for res, image, stream, ts in zip(results, images, streams, timestamps):
             st = self._streams.get(stream)
             if st is None:
-                tracker = self.tracker_factory() if self.tracker_factory is not None else None
+                cfg = self.tracker_configs.get(stream)
+                factory = self.tracker_factory
+                tracker = None if factory is None else factory(cfg) if cfg is not None else factory()
                 st = self._streams[stream] = _StreamState(tracker, ts)
             res.frame_index = st.frames
             res.time_s = ts - st.t0
@@ -104,13 +107,17 @@ class BatchRunner:
         return [self.estimator(img, timestamp=ts) for img, ts in zip(images, timestamps)]
 
     def forget(self, stream: Hashable) -> None:
+        self._forget_state(stream)
+        self.tracker_configs.pop(stream, None)
+
+    def _forget_state(self, stream: Hashable) -> None:
         self._streams.pop(stream, None)
         if hasattr(self.estimator, "forget_stream"):
             self.estimator.forget_stream(stream)
 
     def reset(self, stream: Hashable) -> None:
-        """Start a new sequence for one stream."""
-        self.forget(stream)
+        """Start a new sequence for one stream (its tracker settings stay)."""
+        self._forget_state(stream)
         if not self.batched and hasattr(self.estimator, "reset"):
             self.estimator.reset()
 
