@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Continue Stage I training on a lent GPU machine (the device tool), within its limits: 10 minutes
-# a command, about 30 minutes held, 64 MiB sent, files of at most 16 MiB back. The model card's
-# "On a lent GPU" has the whole recipe; in short, from the repository root here:
+# a command, about 30 minutes held, 64 MiB sent, files of at most 16 MiB back. From the
+# repository root here:
 #   python scripts/pack_training_data.py --out gpu_pack                  # once, ~1.5 min
 #   run: bash scripts/gpu_train.sh start    (carry: ["gpu_pack"])        # trains in the background
 #   run: bash scripts/gpu_train.sh wait     (at once when the last call returns: the machine is

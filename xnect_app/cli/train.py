@@ -167,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     s1.add_argument("--swa-every", type=int, default=0, metavar="K",
                     help="average the weights every K steps with equal weights (stochastic weight "
                          "averaging) instead of --ema's moving average (BatchNorm statistics are averaged "
-                         "too; on session 18's mean that scored higher than export --bn-crops 400)")
+                         "too; for the bundled weights that scored higher than export --bn-crops 400)")
     s1.add_argument("--init", help="continue from an exported weights file (e.g. the bundled "
                                    "models/xnect_selecsls60.pt) when OUT has no checkpoint yet")
     s1.add_argument("--own-data", nargs="+", default=[], metavar="DIR",
