@@ -50,13 +50,16 @@ def jpeg(frame: np.ndarray, quality: int = 85) -> bytes:
 
 
 class LiveServer:
-    """`xnect-server` in a subprocess on 127.0.0.1 and a free port, with a random-init model."""
+    """`xnect-server` in a subprocess on 127.0.0.1 and a free port, with a random-init model
+    (or the bundled weights)."""
 
-    def __init__(self, *extra: str, input_size: str = "256x160", startup_timeout: float = 120.0):
+    def __init__(self, *extra: str, input_size: str = "256x160", startup_timeout: float = 120.0,
+                 bundled: bool = False):
         self.log_path = ARTEFACTS / f"server-{os.getpid()}-{time.monotonic_ns()}.log"
         ARTEFACTS.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w")
-        cmd = [sys.executable, "-m", "xnect_app.cli.server", "--port", "0", "--random-weights",
+        weights = [] if bundled else ["--random-weights"]  # bundled: the default weights, as users run it
+        cmd = [sys.executable, "-m", "xnect_app.cli.server", "--port", "0", *weights,
                "--input-size", input_size, "--log-level", "warning", *extra]
         env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
         self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=self._log, text=True, env=env)

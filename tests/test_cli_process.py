@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from xnect_app import skeleton
 from xnect_app.cli import process
 from xnect_app.io import bvh
 
@@ -231,3 +232,20 @@ def test_dynconv_with_weights_without_a_mask_unit_runs_motion_masks(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     meta, recs = jsonl_records(out / "two_people_courtyard.jsonl")
     assert len(recs) == 40 == len(frames_of(TWO))
+
+
+def test_the_bundled_weights_find_and_track_the_two_people_of_a_real_clip(tmp_path):
+    """xnect-process with the default weights, as a user runs it: both people in most frames,
+    one id each, and thighs of a human length in metric 3D."""
+    r = cli(str(TWO), "--out-dir", str(tmp_path), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    _, recs = jsonl_records(tmp_path / "two_people_courtyard.jsonl")
+    assert len(recs) == len(frames_of(TWO))
+    both = [rec for rec in recs if len(rec["people"]) >= 2]
+    assert len(both) >= 0.75 * len(recs), f"two people in {len(both)} of {len(recs)} frames"
+    ids = {p["id"] for rec in recs for p in rec["people"] if p["id"] >= 0}
+    assert len(ids) == 2, f"ids {sorted(ids)} for two people"
+    r_hip, r_knee, l_hip, l_knee = (skeleton.JOINTS_3D.index(j) for j in ("r_hip", "r_knee", "l_hip", "l_knee"))
+    thighs = np.array([np.linalg.norm(np.subtract(p["kp3d_root_rel_mm"][h], p["kp3d_root_rel_mm"][k]))
+                       for rec in recs for p in rec["people"] for h, k in ((r_hip, r_knee), (l_hip, l_knee))])
+    assert ((thighs > 300) & (thighs < 600)).mean() >= 0.9, np.percentile(thighs, [5, 50, 95])

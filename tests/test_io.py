@@ -373,6 +373,11 @@ def test_3d_view_and_inset():
     assert out[:30, :80].any()  # HUD text
 
 
-def test_display_check_explains_itself():
+def test_display_check_explains_itself(monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     ok, why = draw.display_available()
-    assert ok or why
+    assert not ok and why and "\n" not in why  # one line: no GUI build, or no $DISPLAY
+    monkeypatch.setenv("DISPLAY", ":0")
+    ok_with_display, why_with_display = draw.display_available()
+    assert ok_with_display == ("no GUI support" not in why) and bool(why_with_display) != ok_with_display

@@ -93,6 +93,18 @@ def test_real_frames_get_poses(server, frames):
         assert status["clients"] == 1 and status["worker"]["frames_done"] >= 3
 
 
+def test_the_bundled_weights_find_the_people_of_a_real_jpeg():
+    """The default server, as `xnect-server` starts it: a webcam-like JPEG of two people gets them."""
+    frame = jpeg(read_frames("two_people_courtyard.mp4", n=1, width=540)[0])
+    with LiveServer(bundled=True, input_size="512x320") as srv, \
+            connect(f"{srv.ws_base}/ws/capture", open_timeout=30) as ws:
+        assert "random" not in recv_json(ws)["model"]
+        ws.send(schemas.pack_frame(1, 0.0, frame))
+        msg = recv_json(ws)
+        assert msg["type"] == "poses" and len(msg["people"]) >= 1, msg.get("people")
+        assert all(p["score"] >= 0.2 for p in msg["people"])
+
+
 def test_motion_masks_follow_each_client():
     """`--dynconv --dynconv-mask motion`: every client (a static camera) gets its own background;
     after the warm-up only the moving part of each one's frames is computed."""
