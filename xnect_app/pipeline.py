@@ -272,7 +272,7 @@ class Pipeline:
             reader.stop()
             # A frame in flight cannot be interrupted; on a slow or loaded machine it may take a
             # while, and leaving the thread behind would let it run into interpreter shutdown.
-            for name, ok in (("inference", _join(infer, 60.0)), ("render", _join(render, 60.0)),
+            for name, ok in (("inference", join_thread(infer, 60.0)), ("render", join_thread(render, 60.0)),
                              ("capture", reader.join(10.0))):
                 if not ok:
                     LOG.warning("%s thread did not stop in time", name)
@@ -341,6 +341,3 @@ def _put(q: queue.Queue, item: object, give_up: Callable[[], bool]) -> bool:
             if give_up():
                 return False
 
-
-def _join(t: threading.Thread, timeout: float) -> bool:
-    return join_thread(t, timeout)

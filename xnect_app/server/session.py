@@ -6,6 +6,7 @@ fewer frames and never holds up anyone else.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -18,7 +19,7 @@ from fastapi import WebSocket
 from pydantic import ValidationError
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
-from .. import skeleton, types
+from .. import options, skeleton, types
 from ..pose.tracking import TrackerConfig
 from .._moved import moved_names
 from . import schemas
@@ -275,31 +276,29 @@ async def _await_hello(session: Session) -> bool:
     return True
 
 
-# URL parameter: (TrackerConfig field, parse, accepted, what to give)
+# URL parameter: (TrackerConfig field, the argparse type of the matching --track-* option)
 TRACK_QUERY = {
-    "track_high_score": ("high_score", float, lambda v: 0.0 <= v < 1.0, "a score in [0, 1)"),
-    "track_max_lost": ("max_lost_s", float, lambda v: 0.0 < v <= 3600.0, "seconds in (0, 3600]"),
-    "track_confirm": ("confirm_frames", int, lambda v: v >= 1, "a whole number >= 1"),
-    "track_colour": ("use_colour", {"0": False, "1": True}.__getitem__, lambda v: True, "0 or 1"),
+    "track_high_score": ("high_score", options.score),
+    "track_max_lost": ("max_lost_s", options.seconds),
+    "track_confirm": ("confirm_frames", options.positive_int),
+    "track_colour": ("use_colour", options.ranged(int, "0 or 1", lambda v: v in (0, 1), "0, 1")),
 }
 
 
 def tracker_config_from_query(query: Any, state: ServerState) -> Any:
     """A capture client's own tracker settings from its URL (?track_confirm=1&track_colour=0,
     as the server's --track-* options), or None to keep the server's. ValueError names a bad one."""
-    given = [k for k in TRACK_QUERY if k in query]
-    if not given:
-        return None
     values: dict[str, Any] = {}
-    for key in given:
-        field_name, parse, accepted, want = TRACK_QUERY[key]
-        try:
-            value = parse(query[key])
-        except (ValueError, KeyError):
-            value = None
-        if value is None or not accepted(value):
-            raise ValueError(f"{key}={query[key]!r}: give {want}")
-        values[field_name] = value
+    for key, (field_name, parse) in TRACK_QUERY.items():
+        if key in query:
+            try:
+                values[field_name] = parse(query[key])
+            except argparse.ArgumentTypeError as e:
+                raise ValueError(f"{key}={query[key]!r}: {e}") from None
+    if not values:
+        return None
+    if "use_colour" in values:
+        values["use_colour"] = bool(values["use_colour"])
     base = getattr(getattr(state.estimator, "track", None), "tracker", None) or TrackerConfig()
     return replace(base, **values)
 
