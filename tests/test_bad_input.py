@@ -13,10 +13,11 @@ from pathlib import Path
 import cv2
 import pytest
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-SHORT = DATA / "short_clip.mp4"
-TWO = DATA / "two_people_courtyard.mp4"
-pytestmark = pytest.mark.skipif(not TWO.is_file(), reason=f"real clips not found in {DATA}")
+from shared_data import DATA, needs_data
+
+SHORT = DATA / "videos" / "short_clip.mp4"
+TWO = DATA / "videos" / "two_people_courtyard.mp4"
+pytestmark = needs_data("videos/two_people_courtyard.mp4")
 
 FAST = ["--random-weights", "--seed", "5", "--input-size", "128x80"]
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from server_helpers import ARTEFACTS, DATA, LiveServer, clip_path, read_frames
+from shared_data import require
 from xnect_app import skeleton
 from xnect_app.server import schemas
 from xnect_app.types import Person
@@ -188,9 +189,7 @@ def test_broadcast_mode_draws_server_frames(server, browser):
 
 def coco_people_message(min_keypoints: int = 10) -> tuple[Path, dict]:
     """A poses message from COCO ground truth for the dev image with the most annotated people."""
-    ann_path = DATA / "coco_dev" / "person_keypoints.json"
-    if not ann_path.is_file():
-        pytest.skip(f"COCO dev annotations not found at {ann_path}")
+    ann_path = require("coco_dev/person_keypoints.json")
     coco = json.loads(ann_path.read_text())
     by_image: dict[int, list] = {}
     for a in coco["annotations"]:

@@ -20,11 +20,12 @@ from xnect_app import skeleton
 from xnect_app.cli import process
 from xnect_app.io import bvh
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-SHORT = DATA / "short_clip.mp4"          # 960x540, 5 frames
-TWO = DATA / "two_people_courtyard.mp4"  # 1080x1920, 40 frames, two people
+from shared_data import DATA, needs_data
+
+SHORT = DATA / "videos" / "short_clip.mp4"          # 960x540, 5 frames
+TWO = DATA / "videos" / "two_people_courtyard.mp4"  # 1080x1920, 40 frames, two people
 VTEST = Path(__file__).resolve().parents[1] / "demo_videos" / "vtest.avi"
-pytestmark = pytest.mark.skipif(not TWO.is_file(), reason=f"real clips not found in {DATA}")
+pytestmark = needs_data("videos/two_people_courtyard.mp4")
 
 FAST = ["--random-weights", "--seed", "5", "--input-size", "128x80"]
 

@@ -16,13 +16,13 @@ from xnect_app.runtime.motion import MotionGate
 from xnect_app.train.release import export_weights
 from xnect_app.train.trainer import TrainConfig, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from shared_data import DATA, REPO, needs_data
+
 VIDEO = DATA / "videos"
 
 UNTRACKED = TrackConfig(tracking=False)
 LOW = DecodeConfig(threshold=0.02)  # barely trained heads: low peaks
-pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
+pytestmark = needs_data("lspet")
 
 
 @pytest.fixture(autouse=True, scope="module")

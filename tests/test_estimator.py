@@ -1,5 +1,4 @@
 """PoseEstimator: letterboxing, coordinate mapping, the whole decode chain, weights files, precision."""
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +23,9 @@ def random_model(**kw) -> ModelConfig:
     """A small untrained network (tests of the plumbing)."""
     return ModelConfig(random_init=True, backbone="selecsls42b", **{"input_size": (128, 96), **kw})
 
-COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
+from shared_data import DATA, needs_data
+
+COCO_DEV = DATA / "coco_dev"
 
 
 @pytest.mark.parametrize("shape", [(576, 768), (1920, 1080), (320, 512), (100, 40)])
@@ -166,7 +167,7 @@ def test_precision_auto_follows_the_cpu_and_bf16_needs_the_torch_backend_on_the_
     assert est.precision == "fp32" and est.settings()["precision"] == "fp32" and not est.stage1.bf16_inference
 
 
-@pytest.mark.skipif(not COCO_DEV.is_dir(), reason="needs ../shared/data/coco_dev")
+@needs_data("coco_dev")
 def test_bf16_inference_finds_the_people_fp32_finds_on_real_photos():
     fp32, bf16 = (PoseEstimator(ModelConfig(precision=p, torch_thread=False), track=UNTRACKED)
                   for p in ("fp32", "bf16"))

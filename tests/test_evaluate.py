@@ -9,8 +9,10 @@ from xnect_app.train.evaluate import (ImageMatches, bootstrap_ap, coco_ap, evalu
                                      mupots_errors, pck, pck3d_summary, resample_images)
 from xnect_app.types import FrameResult
 
-COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
-pytestmark = pytest.mark.skipif(not COCO_DEV.is_dir(), reason="needs ../shared/data/coco_dev")
+from shared_data import DATA, needs_data
+
+COCO_DEV = DATA / "coco_dev"
+pytestmark = needs_data("coco_dev")
 
 
 def _gt_as_results(data, shift=0.0):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import socketserver
 import threading
 import time
@@ -20,13 +19,14 @@ from xnect_app.pose import kinematics
 from xnect_app.types import FrameResult, Intrinsics, Person
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("XNECT_DATA", REPO.parent / "shared" / "data"))
+from shared_data import DATA, needs_data, require
+
 VIDEOS = DATA / "videos"
 SHORT = VIDEOS / "short_clip.mp4"          # 960x540, 5 frames
 TWO = VIDEOS / "two_people_courtyard.mp4"  # 1080x1920, 40 frames
 VTEST = REPO / "demo_videos" / "vtest.avi"
 
-needs_clips = pytest.mark.skipif(not SHORT.is_file(), reason=f"real clips not found in {VIDEOS}")
+needs_clips = needs_data("videos/short_clip.mp4", "videos/two_people_courtyard.mp4")
 
 
 def read_all(path: Path) -> list[np.ndarray]:
@@ -104,8 +104,7 @@ def write_avi(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> None:
 @pytest.fixture(scope="module")
 def truncated_avi(tmp_path_factory) -> tuple[Path, int]:
     """A real 30-frame AVI cut in the middle; returns (path, frames decodable)."""
-    if not TWO.is_file():
-        pytest.skip("real clips missing")
+    require("videos/two_people_courtyard.mp4")
     d = tmp_path_factory.mktemp("trunc")
     frames = [cv2.resize(f, (270, 480)) for f in read_all(TWO)[:30]]
     full = d / "full.avi"
@@ -165,8 +164,7 @@ def test_missing_camera_is_one_line_with_hints():
 @pytest.fixture()
 def mjpeg_server():
     """A local IP-camera-like MJPEG stream (multipart/x-mixed-replace) of a real clip."""
-    if not SHORT.is_file():
-        pytest.skip("real clips missing")
+    require("videos/short_clip.mp4")
     jpgs = [cv2.imencode(".jpg", cv2.resize(f, (480, 270)))[1].tobytes() for f in read_all(SHORT)]
 
     class Handler(http.server.BaseHTTPRequestHandler):

@@ -4,7 +4,6 @@ Until trained weights exist the networks are seeded random ones whose output lay
 up (an untrained head is nearly silent), so every frame decodes to dozens of people and the
 comparison exercises peaks, PAF grouping, Stage II and the root solver for real.
 """
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +23,9 @@ from xnect_app.weights import default_weights_path  # noqa: E402
 from xnect_app.nn.stage1 import Stage1Config, Stage1Net  # noqa: E402
 from xnect_app.nn.stage2 import Stage2Ensemble, Stage2EnsembleConfig, Stage2Net  # noqa: E402
 
-VIDEOS = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
+from shared_data import DATA, require  # noqa: E402
+
+VIDEOS = DATA / "videos"
 SIZE = (256, 160)
 CLIPS = (("two_people_courtyard.mp4", 5), ("two_people_courtyard.mp4", 30), ("short_clip.mp4", 2))
 UNTRACKED = TrackConfig(tracking=False)
@@ -43,8 +44,8 @@ def _read_frame(name: str, index: int) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def frames():
-    if not all((VIDEOS / name).is_file() for name, _ in CLIPS):
-        pytest.skip(f"needs the clips in {VIDEOS}")
+    for name in dict.fromkeys(name for name, _ in CLIPS):
+        require(f"videos/{name}")
     return [_read_frame(name, i) for name, i in CLIPS]
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import _thread
 import threading
 import time
-from pathlib import Path
 from typing import Callable
 
 import cv2
@@ -22,10 +21,11 @@ from xnect_app.pipeline import Pipeline
 from xnect_app.pose import kinematics
 from xnect_app.types import FrameResult, Intrinsics, Person
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "videos"
-TWO = DATA / "two_people_courtyard.mp4"   # 40 frames, 12 fps
-SHORT = DATA / "short_clip.mp4"           # 5 frames
-pytestmark = pytest.mark.skipif(not TWO.is_file(), reason=f"real clips not found in {DATA}")
+from shared_data import DATA, needs_data
+
+TWO = DATA / "videos" / "two_people_courtyard.mp4"   # 40 frames, 12 fps
+SHORT = DATA / "videos" / "short_clip.mp4"           # 5 frames
+pytestmark = needs_data("videos/two_people_courtyard.mp4")
 
 # Joint positions as fractions of a standing person's box (x, y), JOINTS_2D order.
 BOX_POSE = np.array([
@@ -231,7 +231,7 @@ def test_q_in_the_window_stops_and_frames_show_skeletons_and_fps():
     assert not np.array_equal(img[:40, :160], np.zeros_like(img[:40, :160]))  # HUD text
 
 
-@pytest.mark.skipif(not SHORT.is_file(), reason="short clip missing")
+@needs_data("videos/short_clip.mp4")
 def test_truncation_and_problems_reach_the_stats(tmp_path):
     frames = []
     cap = cv2.VideoCapture(str(TWO))

@@ -18,7 +18,9 @@ pytest.importorskip("ray", reason="Ray is not installed (pip install 'xnect_app[
 
 from test_cli_process import ENV, FAST, TWO, cli, frames_of, jsonl_records  # noqa: E402
 
-pytestmark = pytest.mark.skipif(not TWO.is_file(), reason=f"real clips not found at {TWO}")
+from shared_data import needs_data  # noqa: E402
+
+pytestmark = needs_data("videos/two_people_courtyard.mp4")
 RAY = shutil.which("ray") or str(Path(sys.executable).with_name("ray"))
 
 

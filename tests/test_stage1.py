@@ -318,10 +318,10 @@ def test_export_of_several_checkpoints_is_the_mean_of_their_weights(tmp_path):
         export_weights([paths[0], str(tmp_path / "other" / "last.pt")], None, str(tmp_path / "bad.pt"))
 
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_data import DATA, needs_data  # noqa: E402
 
 
-@pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason="training data not found")
+@needs_data("lspet")
 def test_export_can_reestimate_the_batchnorm_statistics_on_training_crops(tmp_path):
     """`xnect-train export --bn-crops N`: BN statistics from N real training crops, every other
     weight as trained (for a GPU run's moving average, whose averaged statistics were off)."""

@@ -69,13 +69,11 @@ def test_a_2d_only_lifter_ignores_the_3d_encodings_and_the_read_out():
 def test_real_pairs_keep_2d_and_3d_facing_the_same_way_when_mirrored():
     """Annotated 2D with the teacher's 3D: whichever way a sampled person is mirrored, the right
     shoulder is on the same side of the left one in the image and in camera space."""
-    import pytest
     from pathlib import Path
+    from shared_data import require
     from xnect_app.train.stage2 import load_real_pairs
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (data / "lspet").is_dir():
-        pytest.skip(f"training data not found at {data}")
+    data = require("lspet").parent
     pairs = load_real_pairs(str(data), str(Path(__file__).resolve().parents[1] / "data_cache"))
     assert pairs is not None and len(pairs) > 5000
     kp, k3 = pairs.sample(np.random.default_rng(0), 4000, (256, 160))

@@ -17,7 +17,8 @@ from xnect_app.train.movenet_labels import MoveNetLabels
 from xnect_app.train.trainer import TrainConfig, collate_targets, training_loader
 
 HERE = Path(__file__).resolve().parent
-DATA = HERE.parents[1] / "shared" / "data"
+from shared_data import DATA, needs_data  # noqa: E402
+
 FIXTURE = HERE / "data" / "movenet_tfjs_reference.npz"
 J = skeleton.JOINTS_2D.index
 
@@ -73,7 +74,7 @@ def test_unsupported_graph_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "coco_dev").is_dir(), reason="shared data (coco_dev) not present")
+@needs_data("coco_dev")
 def test_multipose_coco_dev_ap_matches_the_tfjs_figure(models):
     from xnect_app.teachers.movenet import MoveNetPeer, MoveNetTeacher
     from xnect_app.train.evaluate import coco_ap, load_coco_json, predict_coco
@@ -228,7 +229,7 @@ def test_every_draw_of_an_image_is_augmented_afresh(tmp_path, workers):
 # --------------------------------------------------------------------------- the user's own footage
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "videos").is_dir(), reason="shared data (videos) not present")
+@needs_data("videos/two_people_courtyard.mp4")
 def test_own_footage_is_labelled_then_fine_tuned_from_the_bundled_weights(models, tmp_path, capsys):
     import shutil
 

@@ -11,10 +11,11 @@ import pytest
 from xnect_app import skeleton
 from xnect_app.train import augment, composite, data, teacher
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from shared_data import DATA, needs_data
+
 J = skeleton.JOINTS_2D.index
 J3 = skeleton.JOINTS_3D.index
-needs_data = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason="shared training data not present")
+needs_lspet = needs_data("lspet")
 
 
 def _person(cx: float = 100.0, top: float = 40.0, h: float = 120.0) -> np.ndarray:
@@ -59,7 +60,7 @@ def test_lspet_mapping_puts_lsp_joints_on_our_joints():
     assert (kp[14:, 2] == 0).all()                      # no face points in LSPET
 
 
-@needs_data
+@needs_lspet
 def test_lspet_reader_first_image():
     recs = data.read_lspet(DATA / "lspet")
     rec = recs[0]
@@ -149,7 +150,7 @@ def test_rotation_rotates_3d_like_a_camera_roll():
     assert np.allclose(proj(augment.rotate_3d(X, M)), moved, atol=1e-6)
 
 
-@needs_data
+@needs_lspet
 def test_augment_keeps_small_and_large_people():
     ds = data.build_training_dataset(DATA, size=(256, 256), composite_prob=0.5, teacher_cache=None)
     heights = []
@@ -295,7 +296,7 @@ def test_teacher_labels_merge_ground_truth_wins(tmp_path):
 
 # ---------------------------------------------------------------------------------- data split
 
-@needs_data
+@needs_lspet
 def test_coco_dev_never_in_training():
     ds = data.build_training_dataset(DATA, teacher_cache=None)
     assert not any("coco_dev" in r.path or r.source == "coco_dev" for r in ds.real)
@@ -305,7 +306,7 @@ def test_coco_dev_never_in_training():
         data.TrainingDataset(dev, [])
 
 
-@needs_data
+@needs_lspet
 def test_negative_prob_makes_person_free_training_items(tmp_path):
     """`xnect-train stage1 --negative-prob P`: a share P of the items are backgrounds without people
     (against skeletons on objects); the trainer hands the setting to the dataset."""

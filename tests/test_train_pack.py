@@ -11,10 +11,9 @@ import torch
 from xnect_app.train.data import build_training_dataset
 from xnect_app.train.trainer import TrainConfig, Trainer
 
-REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+from shared_data import DATA, REPO, needs_data
 
-pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
+pytestmark = needs_data("lspet")
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Test-time augmentation: mirrored maps turned back, rescaled maps resampled onto the input grid
 and fused, an estimator whose results mirror with the image, and the bench."""
 from dataclasses import replace
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -18,7 +17,9 @@ from xnect_app.weights import default_weights_path
 
 UNTRACKED = TrackConfig(tracking=False)
 
-COCO_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "coco_dev"
+from shared_data import DATA, needs_data
+
+COCO_DEV = DATA / "coco_dev"
 
 
 def _targets(kp2d, kp3d, size=(512, 320)):
@@ -137,8 +138,8 @@ def test_flip_scale_on_the_command_line(capsys):
     assert e.value.code == 2 and "--flip-scale" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(not COCO_DEV.is_dir() or not default_weights_path().is_file(),
-                    reason="needs ../shared/data/coco_dev and the bundled weights")
+@needs_data("coco_dev")
+@pytest.mark.skipif(not default_weights_path().is_file(), reason="needs the bundled weights")
 def test_with_flip_test_the_people_of_a_mirrored_photo_are_the_mirrored_people():
     """Without flip test a network's left/right and sub-cell biases differ between a photo and its
     mirror; with it both give the same people, mirrored, left and right joints swapped."""
