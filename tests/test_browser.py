@@ -7,6 +7,10 @@ What is verified:
   * broadcast mode: frames + poses pushed by the server (its own copy of the clip) are drawn.
   * drawing: a pose message built from COCO ground truth for a real photo is drawn over it, and
     the canvas has each person's track colour on their limbs.
+  * the bundled weights end to end: the fake webcam's courtyard clip goes to a server running the
+    default model; the page must get a person (always, not only "if any"), draw their limbs on the
+    overlay in the colour the page's trackColor gives their id, and draw them in the 3D view, from
+    finite 3D joints (the drawing checks fail if a stroke or a draw call is taken out).
 Screenshots go to the artefacts folder (XNECT_TEST_ARTEFACTS, default out/test-artefacts).
 Needs: apt-get install chromium chromium-driver; pip install selenium.
 """
@@ -248,3 +252,128 @@ def test_recorded_message_draws_each_skeleton_in_its_track_colour(server, browse
     assert total >= 20 and hits >= 0.8 * total, (hits, total)
     # Away from the people, the canvas is the photo itself.
     assert np.abs(drawn[:10, :10].astype(int) - photo[:10, :10]).mean() < 6
+
+
+# --- the bundled weights, end to end: real camera frames -> real model -> what the page draws ---
+
+COLOUR_TOLERANCE = 40  # max channel difference: anti-aliased edges and the PNG round trip stay inside
+
+
+def _rgb(css: str) -> tuple[int, int, int]:
+    """'rgb(230, 25, 75)' (what the page's trackColor returns) -> (230, 25, 75)."""
+    r, g, b = (int(v) for v in css[css.index("(") + 1:css.index(")")].split(","))
+    return r, g, b
+
+
+def _near(image_bgr: np.ndarray, rgb: tuple[int, int, int], tol: int = COLOUR_TOLERANCE) -> np.ndarray:
+    r, g, b = rgb
+    return np.abs(image_bgr.astype(int) - [b, g, r]).max(-1) <= tol
+
+
+@pytest.fixture(scope="module")
+def bundled_server():
+    """`xnect-server` with the default (bundled) weights, at the input size the server tests use."""
+    with LiveServer(bundled=True, input_size="512x320") as srv:
+        yield srv
+
+
+SNAPSHOT_JS = """
+const done = arguments[arguments.length - 1];
+// The page's own colour rule (web/js/overlay.js trackColor), from the module the page loaded.
+import(new URL("js/overlay.js", document.baseURI).href).then((m) => {
+  // One synchronous read: the canvases and the message drawn on them, no frame in between.
+  const x = window.xnect, msg = x.stats.lastDrawn;
+  done({
+    msg, meta: x.meta, stats: { ...x.stats, lastPoses: null, lastDrawn: null },
+    colors: msg.people.map((p, i) => m.trackColor(x.meta, p, i)),
+    overlay: document.getElementById("overlay").toDataURL("image/png"),
+    view3d: document.getElementById("view3d").toDataURL("image/png"),
+  });
+}, (e) => done({ error: String(e) }));
+"""
+
+
+def test_bundled_model_on_a_real_clip_draws_people_in_2d_and_3d(bundled_server, browser):
+    """The fake webcam plays the two-people courtyard clip; the real server runs the bundled model
+    on the page's frames; the page must draw the person it got, on the overlay (in the track colour
+    the page picks for that id) and in the 3D view, with finite 3D joints."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    browser.get(f"{bundled_server.base}/?autostart=1")
+    # Wait (on page state, not on time) for a drawn message with a person of >= 8 visible joints.
+    person_drawn = ("const s = window.xnect && window.xnect.stats;"
+                    "return !!(s && s.lastDrawn && s.lastDrawn.people.some("
+                    "  (p) => p.kp2d_norm.filter((k) => k[2] !== null && k[2] > 0).length >= 8));")
+    try:
+        WebDriverWait(browser, 180, poll_frequency=0.2).until(lambda d: d.execute_script(person_drawn))
+    except Exception as exc:
+        stats = browser.execute_script("return window.xnect && {...window.xnect.stats, lastDrawn: null}")
+        status = browser.execute_script("return document.getElementById('status').textContent")
+        raise AssertionError(f"no person drawn; status {status!r}; stats {json.dumps(stats, default=str)[:1500]}") from exc
+    snap = browser.execute_async_script(SNAPSHOT_JS)
+    browser.save_screenshot(str(ARTEFACTS / "browser_bundled.png"))
+    browser.execute_script("window.xnect.stop()")
+    assert "error" not in snap, snap
+    msg, meta, stats = snap["msg"], snap["meta"], snap["stats"]
+    schemas.SERVER_MESSAGE.validate_python(msg)
+    assert "random" not in meta["model"], meta["model"]
+    assert stats["errors"] == 0, stats["lastError"]
+
+    # (1) the page received (and drew) at least one person -- unconditionally
+    assert stats["peopleSeen"] >= 1 and len(msg["people"]) >= 1
+    assert stats["skeletonsDrawn"] >= 1 and stats["limbsDrawn"] >= 1
+    person_i = max(range(len(msg["people"])),
+                   key=lambda i: sum(1 for k in msg["people"][i]["kp2d_norm"] if k[2]))
+    person = msg["people"][person_i]
+    rgb = _rgb(snap["colors"][person_i])
+    palette = meta["track_colors_rgb"]
+    assert list(rgb) == palette[(person["id"] if person["id"] >= 0 else person_i) % len(palette)], \
+        f"the page colours track {person['id']} {rgb}, not the server's palette entry"
+
+    # (2) the overlay has this person's skeleton in their track colour
+    overlay = _decode_png_url(snap["overlay"])
+    view3d = _decode_png_url(snap["view3d"])
+    cv2.imwrite(str(ARTEFACTS / "overlay_bundled.png"), overlay)
+    cv2.imwrite(str(ARTEFACTS / "view3d_bundled.png"), view3d)
+    h, w = overlay.shape[:2]
+    assert (w, h) == tuple(msg["image_wh"])
+    coloured = _near(overlay, rgb)
+    # the camera frames themselves have (almost) none of that colour: the pixels are the drawing
+    clip_coloured = max(int(_near(cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA), rgb).sum())
+                        for f in read_frames(CLIP, n=40, width=CLIP_WIDTH))
+    # ... and they lie on the person's limbs: the centre lines of the limbs the page strokes
+    pts = [(int(round(k[0] * w)), int(round(k[1] * h))) if k[2] else None for k in person["kp2d_norm"]]
+    centre = np.zeros((h, w), np.uint8)
+    for a, b in meta["limbs_2d"]:
+        if pts[a] and pts[b]:
+            cv2.line(centre, pts[a], pts[b], 1, 1)
+    for p in pts:  # the white joint dots cover the limb ends
+        if p:
+            cv2.circle(centre, p, 4, 0, -1)
+    centre = centre.astype(bool)
+    on_limbs = float(coloured[centre].mean()) if centre.any() else 0.0
+    report = {"person": {"id": person["id"], "rgb": rgb, "visible_2d": sum(1 for k in person["kp2d_norm"] if k[2])},
+              "overlay_coloured": int(coloured.sum()), "clip_coloured_max": clip_coloured,
+              "limb_centre_pixels": int(centre.sum()), "limb_centre_coloured": on_limbs}
+    # (3) the 3D view: finite joints in the message, and a skeleton drawn in the same colour
+    kp3d = np.array([[np.nan if v is None else v for v in q] for q in person["kp3d_cam_mm"]], dtype=float)
+    root = np.array([np.nan if v is None else v for v in person["root_cam_mm"]], dtype=float)
+    view_coloured = _near(view3d, rgb)
+    # background #0d0f13 and floor grid #2a2f3a (web/js/view3d.js), and their blends, are dark:
+    # every channel <= 0x3a; anything brighter is a skeleton
+    other = view3d.max(-1) > 0x3a + 40
+    report.update(view3d_coloured=int(view_coloured.sum()), view3d_not_background_or_grid=int(other.sum()))
+    (ARTEFACTS / "browser_bundled_pixels.json").write_text(json.dumps(report, indent=2))
+
+    assert report["person"]["visible_2d"] >= 8, report
+    assert coloured.sum() >= 300, f"too few skeleton pixels in the track colour on the overlay: {report}"
+    assert coloured.sum() >= 10 * (clip_coloured + 10), f"the track colour is not the drawing's: {report}"
+    assert centre.sum() >= 100 and on_limbs >= 0.6, f"the limbs are not drawn where the person is: {report}"
+
+    assert kp3d.shape == (skeleton.NUM_JOINTS_3D, 3) and np.isfinite(kp3d).all(), kp3d
+    assert np.isfinite(root).all() and root[2] > 0, root
+    spread = np.ptp(kp3d, axis=0)  # a body in mm, not a point or a blow-up
+    assert 500 < spread.max() < 3000, spread
+    assert view_coloured.sum() >= 150, f"no 3D skeleton in the track colour: {report}"
+    assert other.sum() >= 150, f"3D view shows only its background and grid: {report}"
