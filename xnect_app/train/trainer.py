@@ -288,7 +288,13 @@ class Trainer:
             from .evaluate import evaluate_coco  # noqa: F401
             from ..estimator import PoseEstimator  # noqa: F401
         self.model: nn.Module = self.net
-        if self.world > 1:
+        # --dynconv-freeze trains the mask unit alone, on the frozen network's features, outside the
+        # network's forward (see _mask_unit_loss): DDP wraps that unit then, else its gradients would
+        # never be all-reduced and every rank would train its own mask unit.
+        self.mask_model: nn.Module | None = self.net.mask_unit if cfg.dynconv and cfg.dynconv_freeze else None
+        if self.world > 1 and self.mask_model is not None:
+            self.mask_model = nn.parallel.DistributedDataParallel(self.mask_model)
+        elif self.world > 1:
             self.model = nn.parallel.DistributedDataParallel(self.net)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -543,7 +549,7 @@ class Trainer:
         """BCE of the mask unit's logits against the cells of people's boxes (network frozen)."""
         with torch.no_grad():
             tap = self.net.mask_tap(imgs)
-        logits = self.net.mask_unit(tap)[:, 0]
+        logits = self.mask_model(tap)[:, 0]
         cells, weight = targets["person_cells"], targets["person_weight"]
         h, w = min(logits.shape[1], cells.shape[1]), min(logits.shape[2], cells.shape[2])
         logits, cells, weight = logits[:, :h, :w], cells[:, :h, :w], weight[:, :h, :w]
