@@ -30,7 +30,7 @@ install-test: install
 
 demo: install
 	bash demo_videos/fetch_vtest.sh
-	xnect-process demo_videos/vtest.avi --out-dir demo_videos/out --video
+	xnect-process demo_videos/vtest.avi --out-dir demo_videos/out --write-video
 
 test: install-test
 	"$(VPY)" -m pytest -q -ra

@@ -137,13 +137,13 @@ def test_bad_options_are_one_line():
     r = cli(str(SHORT), "--out-dir", "x", "--min-score", "1.5")
     assert r.returncode == 2 and "not in [0, 1)" in r.stderr and "Traceback" not in r.stderr
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv-margin", "3")
-    assert_clean_error(r, 1, "--dynconv-margin needs --dynconv with motion masks")
+    assert_clean_error(r, 2, "--dynconv-margin needs --dynconv with motion masks")
     r = cli(str(SHORT), "--out-dir", "x", "--dynconv", "--dynconv-mask", "motion", "--dynconv-margin", "40")
     assert r.returncode == 2 and "0..16" in r.stderr and "Traceback" not in r.stderr
     r = cli(str(SHORT), "--out-dir", "x", "--flip", "--dynconv")
-    assert_clean_error(r, 1, "--flip", "cannot be combined with --dynconv")
+    assert_clean_error(r, 2, "--flip", "cannot be combined with --dynconv")
     r = cli(str(SHORT), "--out-dir", "x", "--scales", "1,0.5", "--dynconv")
-    assert_clean_error(r, 1, "--scales", "cannot be combined with --dynconv")
+    assert_clean_error(r, 2, "--scales", "cannot be combined with --dynconv")
     r = cli(str(SHORT), "--out-dir", "x", "--scales", "1,0")
     assert r.returncode == 2 and "not in (0, 2]" in r.stderr and len(r.stderr.splitlines()) == 1
     r = cli(str(SHORT), "--out-dir", "x", *FAST, "--backend", "onnxruntime", "--precision", "bf16")
@@ -161,7 +161,7 @@ def test_ctrl_c_in_the_middle_of_a_batch(tmp_path):
         vw.release()
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, "-m", "xnect_app.cli.process", str(clips), "--out-dir", str(out),
-                             "--video", "--no-progress", *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             "--write-video", "--no-progress", *FAST], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=ENV)
     deadline = time.time() + 240
     while not (out / "a.done.json").exists() and proc.poll() is None and time.time() < deadline:

@@ -75,7 +75,7 @@ def processed(clips, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     # --min-score 0.1 and a tracker that takes faint people at once: the untrained network's
     # junk people are the tracks the BVH test needs
-    r = cli(str(clips), "--out-dir", str(out), "--video", "--csv", "--coco", "--bvh",
+    r = cli(str(clips), "--out-dir", str(out), "--write-video", "--csv", "--coco", "--bvh",
             "--min-track-frames", "2", "--min-score", "0.1", "--track-high-score", "0.1", "--track-confirm", "1",
             "--no-progress", *FAST)
     return clips, out, r
@@ -159,12 +159,12 @@ def test_rerun_skips_complete_outputs_and_overwrite_redoes(processed):
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     # --min-score 0.1 and a tracker that takes faint people at once: the untrained network's
     # junk people are the tracks the BVH test needs
-    r = cli(str(clips), "--out-dir", str(out), "--video", "--csv", "--coco", "--bvh",
+    r = cli(str(clips), "--out-dir", str(out), "--write-video", "--csv", "--coco", "--bvh",
             "--min-track-frames", "2", "--min-score", "0.1", "--track-high-score", "0.1", "--track-confirm", "1",
             "--no-progress", *FAST)
     assert r.returncode == 0 and r.stdout.startswith("0 done,")
     assert "skipped" in r.stderr and {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
-    r = cli(str(clips / "short_clip.mp4"), "--out-dir", str(out), "--overwrite", "--video", "--csv",
+    r = cli(str(clips / "short_clip.mp4"), "--out-dir", str(out), "--overwrite", "--write-video", "--csv",
             "--coco", "--bvh", "--min-track-frames", "2", "--no-progress", *FAST)
     assert r.returncode == 0 and "1 done" in r.stdout
     assert (out / "short_clip.jsonl").stat().st_mtime_ns > before["short_clip.jsonl"]

@@ -419,7 +419,7 @@ def test_bench_reports_sparse_vs_dense_with_the_causal_motion_mask_and_the_stabi
     out = tmp_path / "dyn.json"
     rc = main(["--video", str(clip_path()), "--frames", "3", "--mask", "motion", "--stability",
                "--random-weights", "--backbone", "selecsls42b", "--input-size", "192x320", "--threads", "1",
-               "--json", str(out)])
+               "--out", str(out)])
     assert rc == 0
     rep = json.loads(out.read_text())
     assert rep["frames"] == 3 and rep["first_masked_block"] == 0 and "CAUSAL" in rep["mask"]
@@ -442,7 +442,7 @@ def test_bench_margin_sweep_trades_computed_cells_for_agreement(tmp_path, capsys
     out = tmp_path / "margins.json"
     rc = main(["--video", str(clip_path()), "--frames", "2", "--mask", "motion", "--margin", "1,4",
                "--random-weights", "--backbone", "selecsls42b", "--input-size", "192x320", "--threads", "1",
-               "--json", str(out)])
+               "--out", str(out)])
     assert rc == 0
     small, large = json.loads(out.read_text())["margins"]
     assert (small["margin"], large["margin"]) == (1, 4)

@@ -238,7 +238,7 @@ def test_clis_refuse_dynconv_with_dense_weights_in_one_line(prog, extra, dense_w
 def test_eval_refuses_dynconv_with_dense_weights_in_one_line(dense_weights):
     r = subprocess.run([sys.executable, "-m", "xnect_app.cli.eval", "coco", str(DATA / "coco_dev"), "--weights",
                         str(dense_weights), "--dynconv"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
+    assert r.returncode == 1  # the weights lack what the options need: an input failure
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "no DynConv mask unit" in lines[0], r.stderr
 

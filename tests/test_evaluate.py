@@ -164,25 +164,25 @@ def test_teacher_3d_agreement_matches_people_and_separates_pose_from_rotation_an
     assert np.allclose(procrustes_aligned(2 * x @ q + 5, x), x, atol=1e-9)
 
 
-@pytest.mark.parametrize("main_name, argv", [
-    ("eval", ["coco", str(COCO_DEV), "--teacher3d", "/no/such.npz"]),
-    ("eval", ["coco", "/no/such/folder"]),
-    ("eval", ["coco", str(COCO_DEV), "--weights", "/no/such.pt"]),
-    ("eval", ["coco", str(COCO_DEV), "--input-size", "100x3"]),
-    ("eval", ["coco", str(COCO_DEV), "--against", "/no/such.pt"]),
-    ("eval", ["coco", str(COCO_DEV), "--against", "models/xnect_selecsls60.pt", "--bootstrap", "0"]),
-    ("eval", ["coco", str(COCO_DEV), "--bootstrap", "-5"]),
-    ("eval", ["coco", str(COCO_DEV), "--against-plain"]),  # nothing to compare: no --flip or --scales
-    ("train", ["stage1", "--data-root", "/no/such/folder"]),
-    ("train", ["export", "--stage1", "/no/such.pt"]),
+@pytest.mark.parametrize("main_name, argv, code", [  # 1: a missing input or weights file, 2: a usage error
+    ("eval", ["coco", str(COCO_DEV), "--teacher3d", "/no/such.npz"], 1),
+    ("eval", ["coco", "/no/such/folder"], 1),
+    ("eval", ["coco", str(COCO_DEV), "--weights", "/no/such.pt"], 1),
+    ("eval", ["coco", str(COCO_DEV), "--input-size", "100x3"], 2),
+    ("eval", ["coco", str(COCO_DEV), "--against", "/no/such.pt"], 1),
+    ("eval", ["coco", str(COCO_DEV), "--against", "models/xnect_selecsls60.pt", "--bootstrap", "0"], 2),
+    ("eval", ["coco", str(COCO_DEV), "--bootstrap", "-5"], 2),
+    ("eval", ["coco", str(COCO_DEV), "--against-plain"], 2),  # nothing to compare: no --flip or --scales
+    ("train", ["stage1", "--data-root", "/no/such/folder"], 1),
+    ("train", ["export", "--stage1", "/no/such.pt"], 1),
 ])
-def test_train_and_eval_reject_bad_input_in_one_line(main_name, argv, capsys):
+def test_train_and_eval_reject_bad_input_in_one_line(main_name, argv, code, capsys):
     import importlib
 
     main = importlib.import_module(f"xnect_app.cli.{main_name}").main
     with pytest.raises(SystemExit) as ex:
         main(argv)
-    assert ex.value.code == 2
+    assert ex.value.code == code
     err = capsys.readouterr().err.strip().splitlines()
     assert err and "error:" in err[-1] and "Traceback" not in "\n".join(err)
 

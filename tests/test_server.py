@@ -422,12 +422,12 @@ def test_cli_rejects_bad_arguments_in_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as ex:
         main(["--help"])
     assert ex.value.code == 0 and "--token" in capsys.readouterr().out
-    for argv in (["--input-size", "13x7"], ["--weights", str(tmp_path / "none.pt")],
-                 ["--source", str(tmp_path / "none.mp4")], ["--port", "70000"],
-                 ["--ssl-certfile", str(tmp_path / "c.pem")]):
+    for argv, code in ((["--input-size", "13x7"], 2), (["--weights", str(tmp_path / "none.pt")], 1),
+                       (["--source", str(tmp_path / "none.mp4")], 1), (["--port", "70000"], 2),
+                       (["--ssl-certfile", str(tmp_path / "c.pem")], 2)):  # without --ssl-keyfile
         with pytest.raises(SystemExit) as ex:
             main(argv)
-        assert ex.value.code == 2
+        assert ex.value.code == code, argv
         err = capsys.readouterr().err.strip()
         assert ": error:" in err, err
         assert "Traceback" not in err and len(err.splitlines()) == 1, err

@@ -168,7 +168,7 @@ def test_bench_times_every_setting_on_the_same_frames(tmp_path, capsys):
     from xnect_app.cli.bench import main
     out = tmp_path / "tta.json"
     assert main(["tta", "--video", str(clip_path()), "--frames", "2", "--input-size", "256x160",
-                 "--json", str(out)]) == 0
+                 "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
     assert [r["setting"] for r in rows] == ["single pass", "--flip", "--flip-scale 0.625", "--scales 1,0.75,0.5",
                                             "--flip --scales 1,0.75,0.5"]

@@ -19,7 +19,8 @@ from .runtime.config import BACKENDS, DYNCONV_MASKS, ModelConfig
 from .runtime.motion import DEFAULT_MARGIN
 from .runtime.precision import PRECISIONS
 
-__all__ = ["DATA_ROOT", "DEFAULT_INPUT_SIZE", "DEFAULT_MIN_SCORE", "OneLineParser", "UserError", "fail", "run_cli",
+__all__ = ["DATA_ROOT", "DEFAULT_INPUT_SIZE", "DEFAULT_MIN_SCORE", "OneLineParser", "UserError", "UsageError",
+           "EXIT_FAILURE", "EXIT_USAGE", "exit_code", "cli_hint", "fail", "run_cli",
            "input_size", "whole_number", "positive_int", "non_negative_int", "ranged", "cells", "score", "fraction",
            "scale_list", "seconds", "add_model_args", "model_config", "decode_config", "build_estimator", "model_signature",
            "add_track_args", "tracker_config", "tracker_signature",
@@ -201,7 +202,7 @@ def model_config(args: argparse.Namespace, **overrides: Any) -> ModelConfig:
     sources = [flag for flag, on in (("--weights", a.get("weights")), ("--checkpoint", a.get("checkpoint")),
                                      ("--random-weights", a.get("random_weights"))) if on]
     if len(sources) > 1:
-        raise UserError(f"{' and '.join(sources)} exclude each other")
+        raise UsageError(f"{' and '.join(sources)} exclude each other")
     kw: dict[str, Any] = {}
     for name in ("weights", "checkpoint", "backbone", "input_size", "device", "backend", "precision",
                  "onnx_threads"):
@@ -211,18 +212,18 @@ def model_config(args: argparse.Namespace, **overrides: Any) -> ModelConfig:
         kw.update(random_init=True, seed=a.get("seed", 0))
     if a.get("onnx_dir"):
         if a.get("backend") != "onnxruntime":
-            raise UserError("--onnx-dir needs --backend onnxruntime")
+            raise UsageError("--onnx-dir needs --backend onnxruntime")
         kw["onnx_dir"] = a["onnx_dir"]
     if a.get("dynconv_budget") is not None and not a.get("dynconv"):
-        raise UserError("--dynconv-budget needs --dynconv")
+        raise UsageError("--dynconv-budget needs --dynconv")
     if a.get("dynconv_margin") is not None and not (a.get("dynconv") and a.get("dynconv_mask") != "learned"):
-        raise UserError("--dynconv-margin needs --dynconv with motion masks")
+        raise UsageError("--dynconv-margin needs --dynconv with motion masks")
     if a.get("dynconv"):
         kw.update(dynconv=a.get("dynconv_mask", "auto"), dynconv_budget=a.get("dynconv_budget"),
                   dynconv_margin=a.get("dynconv_margin"))
         for flag, given in (("--flip", a.get("flip") or a.get("flip_scale")), ("--scales", a.get("scales"))):
             if given:
-                raise UserError(f"{flag} runs Stage I on whole frames: it cannot be combined with --dynconv")
+                raise UsageError(f"{flag} runs Stage I on whole frames: it cannot be combined with --dynconv")
     if a.get("flip") or a.get("flip_scale"):
         kw.update(flip_test=True, flip_scale=a.get("flip_scale") or 1.0)
     if a.get("scales") is not None:
@@ -230,8 +231,8 @@ def model_config(args: argparse.Namespace, **overrides: Any) -> ModelConfig:
     kw.update(overrides)
     try:
         return ModelConfig(**kw)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    except ValueError as e:  # values or combinations of the options
+        raise UsageError(str(e)) from None
 
 
 def decode_config(args: argparse.Namespace, **overrides: Any) -> DecodeConfig:
@@ -242,7 +243,7 @@ def decode_config(args: argparse.Namespace, **overrides: Any) -> DecodeConfig:
     try:
         return DecodeConfig(**kw)
     except ValueError as e:
-        raise UserError(str(e)) from None
+        raise UsageError(str(e)) from None
 
 
 def add_track_args(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
@@ -316,7 +317,7 @@ def build_estimator(model: ModelConfig, decode: DecodeConfig | None = None,
     try:
         return PoseEstimator(model, decode, track)
     except FileNotFoundError as e:
-        raise UserError(str(e)) from None
+        raise UserError(cli_hint(str(e))) from None
     except KeyError as e:  # unknown backbone name
         raise UserError(str(e.args[0]) if e.args else str(e)) from None
     except ValueError as e:
@@ -330,19 +331,46 @@ def build_estimator(model: ModelConfig, decode: DecodeConfig | None = None,
 
 
 # --------------------------------------------------------------------------- errors
+#
+# Exit status of every console script (docs/cli.md):
+#   2  usage error: the command line itself is wrong, whatever the files: an unknown flag, a bad
+#      value, a missing argument (argparse), or options that cannot go together (UsageError)
+#   1  the command line is fine but the run failed: a missing or unreadable input, missing
+#      weights, a device that is not there, an output that cannot be written (UserError)
+# Either way exactly one line on stderr, "PROG: error: MESSAGE", and no traceback.
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse with a one-line error (no usage dump) for bad input."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {_one_line(message)}\n")
 
 
 class UserError(Exception):
-    """A mistake the user can fix; reported as one line, never a traceback."""
+    """A mistake the user can fix; reported as one line, never a traceback (exit status 1: an input,
+    the weights or the run failed)."""
 
 
-def fail(prog: str, message: str, code: int = 1) -> NoReturn:
+class UsageError(UserError):
+    """A UserError of the command line itself: options that cannot go together, a value argparse
+    let through (exit status 2, as argparse's own errors)."""
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit status of an error: 2 for a UsageError, 1 for anything else."""
+    return EXIT_USAGE if isinstance(error, UsageError) else EXIT_FAILURE
+
+
+def cli_hint(message: str) -> str:
+    """A library message as a command line shows it (the keyword for Python callers left out)."""
+    return message.replace("random_init=True / --random-weights", "--random-weights")
+
+
+def fail(prog: str, message: str, code: int = EXIT_FAILURE) -> NoReturn:
     print(f"{prog}: error: {_one_line(message)}", file=sys.stderr)
     raise SystemExit(code)
 
@@ -353,15 +381,15 @@ def _one_line(message: str) -> str:
 
 def run_cli(prog: str, parser: argparse.ArgumentParser, run, argv: list[str] | None = None,
             user_errors: tuple[type[BaseException], ...] = (), say_interrupted: bool = False) -> int:
-    """Parse argv and call run(args): UserError (and `user_errors`) become a one-line error with
-    exit status 1, Ctrl-C exits with 130."""
+    """Parse argv and call run(args): UsageError becomes a one-line error with exit status 2,
+    UserError (and `user_errors`) one with exit status 1; Ctrl-C exits with 130."""
     import logging
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parser.parse_args(argv)
     try:
         return run(args)
     except (UserError, *user_errors) as e:
-        fail(prog, str(e))
+        fail(prog, str(e), exit_code(e))
     except KeyboardInterrupt:
         if say_interrupted:
             print(f"{prog}: interrupted", file=sys.stderr)

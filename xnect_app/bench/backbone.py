@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from ..io.sinks import atomic_write_text
 from ..nn.selecsls import build, fuse_bn, fuse_conv_bn, prune, resolve_name
-from ..options import OneLineParser, UserError, non_negative_int, positive_int, run_cli, score
+from ..options import OneLineParser, UsageError, non_negative_int, positive_int, run_cli, score
 
 _logger = logging.getLogger(__name__)
 
@@ -499,10 +499,10 @@ def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench backbone` calls)."""
     try:
         models = tuple(resolve_name(m.strip()) for m in args.models.split(",") if m.strip())
-    except KeyError as e:
-        raise UserError(e.args[0]) from None
+    except KeyError as e:  # a bad value: exit 2, as argparse's
+        raise UsageError(e.args[0]) from None
     if not models:
-        raise UserError("--models is empty")
+        raise UsageError("--models is empty")
     cfg = BackboneBenchConfig(
         models=models, sizes=args.sizes, batches=(1,) if args.quick else args.batches,
         runs=args.runs, warmup=args.warmup, threads=args.threads or torch.get_num_threads(),

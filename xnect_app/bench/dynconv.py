@@ -22,7 +22,8 @@ process CPU time per frame is given too (other processes do not inflate it as mu
 
 examples:
   python -m xnect_app.bench.dynconv --random-weights --frames 40
-  python -m xnect_app.bench.dynconv --checkpoint runs/xnect60/last.pt --threads 1 --json out.json
+  python -m xnect_app.bench.dynconv --checkpoint runs/xnect60/last.pt --threads 1 --out out.json
+  python -m xnect_app.bench.dynconv --random-weights --frames 10 --json > dynconv.json
   python -m xnect_app.bench.dynconv --random-weights --sweep --frames 0
 """
 from __future__ import annotations
@@ -47,8 +48,8 @@ from ..estimator import TrackConfig
 from ..io.sinks import atomic_write_text
 from ..nn import dynconv
 from ..nn.stage1 import STRIDE
-from ..options import (UserError, add_model_args, build_estimator, cells, decode_config, fraction, model_config,
-                       non_negative_int, positive_int, run_cli)
+from ..options import (OneLineParser, UsageError, UserError, add_model_args, build_estimator, cells, decode_config,
+                       fraction, model_config, non_negative_int, positive_int, run_cli)
 from ..runtime.config import ModelConfig
 from ..runtime.motion import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, blurred_grey, median_frame,
                               moving_share_per_cell)
@@ -502,8 +503,8 @@ def margins(text: str) -> list[int]:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench dynconv`."""
-    p = parser or argparse.ArgumentParser(prog="xnect-bench dynconv", description=__doc__,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser or OneLineParser(prog="xnect-bench dynconv", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_video_arg(p)
     p.add_argument("--frames", type=non_negative_int, default=60, help="timed frames (default %(default)s)")
     p.add_argument("--start", type=non_negative_int, default=0, help="first frame of the clip")
@@ -530,7 +531,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "1 px (untimed): the model's own agreement under invisible changes")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--sweep", action="store_true", help="also time sparse vs masked-dense over mask sizes")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the tables")
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the JSON document to PATH")
     add_model_args(p)
     return p
 
@@ -538,8 +540,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench dynconv` would call)."""
     if args.flip or args.flip_scale or args.scales:
-        raise UserError("--flip, --flip-scale and --scales do not apply here: this bench times single dense "
-                        "and sparse Stage I passes")
+        raise UsageError("--flip, --flip-scale and --scales do not apply here: this bench times single dense "
+                         "and sparse Stage I passes")
+    if args.frames and not Path(args.video).is_file():  # before loading the model
+        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
     if args.threads:
         torch.set_num_threads(args.threads)
     # this bench runs the networks itself, on this thread
@@ -555,14 +559,18 @@ def run(args: argparse.Namespace) -> int:
         report = reports[0] if len(reports) == 1 else {"margins": reports}
     if args.sweep:
         report["sweep"] = run_break_even_sweep(est.stage1, est.input_size)
+    document = json.dumps(report, indent=1)
+    if args.out:
+        atomic_write_text(Path(args.out), document + "\n")
+    if args.json:
+        print(document)
+        return 0
     for rep in reports:
         print(format_report({**rep, "sweep": report.get("sweep", []) if len(reports) == 1 else []}))
     if len(reports) > 1:
         print(format_margin_table(reports))
     if not reports:
         print(json.dumps(report.get("sweep"), indent=1))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(report, indent=1) + "\n")
     return 0
 
 

@@ -47,7 +47,8 @@ from ..estimator import PoseEstimator, TrackConfig
 from ..io.sinks import atomic_write_text
 from ..nn.selecsls import prune
 from ..nn.stage1 import Stage1Net
-from ..options import DATA_ROOT, SOURCE_OPTIONS, UserError, add_model_args, fail, input_size, model_config
+from ..options import (DATA_ROOT, SOURCE_OPTIONS, OneLineParser, UsageError, UserError, add_model_args, cli_hint,
+                       exit_code, fail, input_size, model_config, positive_int)
 from ..runtime.config import ModelConfig
 from ..runtime.onnx import INT8_CALIBRATION_METHODS, calibration_images, export_onnx, quantize_stage1_int8
 from ..runtime.preprocess import letterbox
@@ -98,15 +99,33 @@ def eager_stage1(net: Stage1Net) -> Stage1Net:
 
 
 class ChannelsLast(nn.Module):
-    """Runs a network in NHWC memory format (input converted on the way in)."""
+    """Runs a network in NHWC memory format (input converted on the way in). Everything else the
+    runtime asks of a Stage I network (`cfg`, `set_sparse`, `bf16_inference`, ...) is the wrapped
+    network's."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net.to(memory_format=torch.channels_last)
-        self.cfg = getattr(net, "cfg", None)
 
     def forward(self, x: torch.Tensor):
         return self.net(x.contiguous(memory_format=torch.channels_last))
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)  # parameters, buffers, submodules (`net`)
+        except AttributeError:
+            net = self.__dict__.get("_modules", {}).get("net")
+            if net is None:
+                raise
+            return getattr(net, name)
+
+    def __setattr__(self, name: str, value) -> None:
+        net = self.__dict__.get("_modules", {}).get("net")
+        if (net is not None and name not in self.__dict__ and not isinstance(value, (nn.Module, torch.Tensor))
+                and hasattr(net, name)):
+            setattr(net, name, value)  # settings such as bf16_inference belong to the network that runs
+        else:
+            super().__setattr__(name, value)
 
 
 def _count_channels(net: nn.Module) -> int:
@@ -303,14 +322,14 @@ def format_report(rep: dict[str, Any]) -> str:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options; pass a subparser to mount it under `xnect-bench fastpath`."""
-    p = parser or argparse.ArgumentParser(prog="xnect-bench fastpath", description=__doc__,
+    p = parser or OneLineParser(prog="xnect-bench fastpath", description=__doc__,
                                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p, only=SOURCE_OPTIONS, title="model (default: the bundled weights in models/)")
     add_video_arg(p)
     p.add_argument("--input-size", type=input_size, default=(512, 320), metavar="WxH", help="default 512x320")
-    p.add_argument("--frames", type=int, default=12, help="frames per round (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=2, help="rounds over the frames (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime "
+    p.add_argument("--frames", type=positive_int, default=12, help="frames per round (default: %(default)s)")
+    p.add_argument("--rounds", type=positive_int, default=2, help="rounds over the frames (default: %(default)s)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch and ONNX Runtime "
                    "(default: torch's current setting)")
     p.add_argument("--variants", default=",".join(VARIANTS),
                    help="comma-separated subset of: " + ", ".join(VARIANTS))
@@ -329,7 +348,7 @@ def _networks(args: argparse.Namespace):
     try:
         s1, s2, name = load_networks(m.weights, m.checkpoint, m.random_init, m.backbone, m.seed)
     except (FileNotFoundError, ValueError) as e:
-        raise UserError(str(e)) from None
+        raise UserError(cli_hint(str(e))) from None
     except KeyError as e:  # unknown backbone name
         raise UserError(str(e.args[0])) from None
     return s1.eval(), (s2.eval() if s2 is not None else None), name
@@ -339,11 +358,11 @@ def run(args: argparse.Namespace) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        raise UserError(f"--variants: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(VARIANTS)}")
+        raise UsageError(f"--variants: unknown {', '.join(unknown) or '(empty)'}; choose from {', '.join(VARIANTS)}")
     if "fp32" not in variants:
         variants = ("fp32",) + variants  # every ratio is against fp32
     if args.frames < 1 or args.rounds < 1:
-        raise UserError("--frames and --rounds must be at least 1")
+        raise UsageError("--frames and --rounds must be at least 1")
     if not args.video.is_file():
         raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
     coco_dev = args.data / "coco_dev"
@@ -369,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(args)
     except UserError as e:
-        fail("xnect-bench fastpath", str(e))
+        fail("xnect-bench fastpath", str(e), exit_code(e))
     except KeyboardInterrupt:
         return 130
 

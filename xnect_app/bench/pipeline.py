@@ -6,7 +6,8 @@ side by side. Run it as `xnect-bench pipeline` or `python -m xnect_app.bench.pip
 
 examples:
   python -m xnect_app.bench.pipeline --video demo_videos/vtest.avi --frames 150
-  python -m xnect_app.bench.pipeline --random-weights --input-size 512x320 --json bench.json
+  python -m xnect_app.bench.pipeline --random-weights --input-size 512x320 --out bench.json
+  python -m xnect_app.bench.pipeline --frames 40 --json > bench.json
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ import cv2
 from ..io.draw import Overlay
 from ..io.sinks import JsonlSink, VideoSink, atomic_write_text, close_all
 from ..io.sources import VideoSource
-from ..options import UserError, add_model_args, build_estimator, decode_config, model_config, run_cli
+from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, model_config,
+                       positive_int, run_cli)
 from ..pipeline import Pipeline
 from .frames import add_video_arg
 
@@ -169,13 +171,14 @@ def format_report(res: dict[str, Any]) -> str:
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Options of the benchmark; pass a subparser to mount it under `xnect-bench pipeline`."""
-    p = parser or argparse.ArgumentParser(prog="xnect-bench pipeline", description=__doc__,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser or OneLineParser(prog="xnect-bench pipeline", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_video_arg(p)
-    p.add_argument("--frames", type=int, default=150, help="frames per run")
-    p.add_argument("--repeats", type=int, default=1, help="alternating runs per mode (best counts)")
+    p.add_argument("--frames", type=positive_int, default=150, help="frames per run")
+    p.add_argument("--repeats", type=positive_int, default=1, help="alternating runs per mode (best counts)")
     p.add_argument("--no-outputs", action="store_true", help="no overlay, JSON lines or MP4: inference only")
-    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the JSON document to PATH")
     add_model_args(p)
     return p
 
@@ -189,9 +192,10 @@ def run(args: argparse.Namespace) -> int:
     res = benchmark_pipeline(args.video, est, frames=args.frames, repeats=args.repeats,
                              outputs=not args.no_outputs)
     res["bench_wall_s"] = time.perf_counter() - t0
-    print(format_report(res))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps(res, indent=1) + "\n")
+    document = json.dumps(res, indent=1)
+    if args.out:
+        atomic_write_text(Path(args.out), document + "\n")
+    print(document if args.json else format_report(res))
     return 0
 
 

@@ -7,7 +7,8 @@ frame of Stage I (all its passes) and of the whole detect call; "people" counts 
 
 examples:
   xnect-bench tta --frames 20
-  xnect-bench tta --video clip.mp4 --bench-scales 1,0.75,0.5 --threads 2 --json tta.json
+  xnect-bench tta --video clip.mp4 --bench-scales 1,0.75,0.5 --threads 2 --out tta.json
+  xnect-bench tta --frames 5 --json > tta.json
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ import torch
 
 from ..estimator import PoseEstimator, TrackConfig
 from ..io.sinks import atomic_write_text
-from ..options import (UserError, add_model_args, build_estimator, decode_config, fraction, model_config, run_cli,
-                       scale_list)
+from ..options import (OneLineParser, UsageError, UserError, add_model_args, build_estimator, decode_config,
+                       fraction, model_config, non_negative_int, run_cli, scale_list)
 from .frames import add_video_arg, read_frames
 
 _log = logging.getLogger(__name__)
@@ -73,28 +74,29 @@ def format_report(rows: list[dict], size: tuple[int, int], n_frames: int, thread
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    p = parser or argparse.ArgumentParser(prog="xnect-bench tta", description=__doc__,
-                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser or OneLineParser(prog="xnect-bench tta", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_video_arg(p)
     p.add_argument("--frames", type=int, default=20, help="timed frames per setting")
-    p.add_argument("--start", type=int, default=0, help="first frame")
+    p.add_argument("--start", type=non_negative_int, default=0, help="first frame")
     p.add_argument("--bench-scales", type=scale_list, default=(1.0, 0.75, 0.5), metavar="S,S,...",
                    help="the scales compared (default 1,0.75,0.5)")
     p.add_argument("--bench-flip-scale", type=fraction, default=0.625, metavar="S",
                    help="the --flip-scale compared (default %(default)s)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    p.add_argument("--json", metavar="PATH", help="also write the numbers as JSON")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of the table")
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the JSON document to PATH")
     add_model_args(p)
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Option combinations the bench refuses (a UserError), before any video is read."""
+    """Option combinations the bench refuses (a UsageError), before any video is read."""
     if args.flip or args.flip_scale or args.scales or args.dynconv:
-        raise UserError("this bench compares the settings itself: leave out --flip, --flip-scale, --scales and "
+        raise UsageError("this bench compares the settings itself: leave out --flip, --flip-scale, --scales and "
                         "--dynconv (--bench-scales and --bench-flip-scale choose what it compares)")
     if args.frames < 1:
-        raise UserError("--frames must be at least 1")
+        raise UsageError("--frames must be at least 1")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,9 +114,10 @@ def run(args: argparse.Namespace) -> int:
     frames = read_frames(args.video, args.frames, args.start)
     _log.info("timing %d settings on %d frames", len(estimators), len(frames))
     rows = run_tta_bench(frames, estimators)
-    print(format_report(rows, base.input_size, len(frames), torch.get_num_threads()))
-    if args.json:
-        atomic_write_text(Path(args.json), json.dumps({"frames": len(frames), "rows": rows}, indent=1) + "\n")
+    document = json.dumps({"frames": len(frames), "rows": rows}, indent=1)
+    if args.out:
+        atomic_write_text(Path(args.out), document + "\n")
+    print(document if args.json else format_report(rows, base.input_size, len(frames), torch.get_num_threads()))
     return 0
 
 

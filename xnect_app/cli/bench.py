@@ -8,6 +8,11 @@ examples:
   xnect-bench backbone --quick                 # batch 1 only, a few minutes on 2 CPU cores
   xnect-bench backbone --json > backbone.json  # everything, as one JSON document
   xnect-bench backbone --models 60 --sizes 512x320 --batches 1 --runs 5 --threads 2
+  xnect-bench fastpath --variants channels-last --frames 2 --rounds 1 --no-ap --input-size 256x160
+
+--json prints one JSON document on stdout instead of the tables (every subcommand); --out PATH also
+writes it to a file. Exit status (docs/cli.md): 0 done, 1 an input, the weights or the run failed,
+2 usage error.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from ..bench import pipeline as bench_pipeline
 from ..bench import tracking as bench_tracking
 from ..bench import tta as bench_tta
 from ..bench.pose import run_pose_bench
-from ..options import OneLineParser, UserError, positive_int
+from ..options import EXIT_USAGE, OneLineParser, UserError, exit_code, positive_int
 
 
 def _int_list(text: str) -> tuple[int, ...]:
@@ -54,7 +59,7 @@ def add_pose(subparsers) -> None:
 
 def run_pose(args: argparse.Namespace) -> int:
     if any(n > 50 for n in args.people):
-        _fail(args, "--people counts must be between 1 and 50")
+        _fail(args, "--people counts must be between 1 and 50", EXIT_USAGE)
     run_pose_bench(tuple(args.people), runs=args.runs, json_out=args.json)
     return 0
 
@@ -96,9 +101,9 @@ def add_tracking(subparsers) -> None:
 
 # --------------------------------------------------------------------------- entry point
 
-def _fail(args: argparse.Namespace, message: str):
-    print(f"{args.prog}: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
+def _fail(args: argparse.Namespace, message: str, code: int = 1):
+    print(f"{args.prog}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    raise SystemExit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("xnect_app.bench").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except UserError as e:
-        _fail(args, str(e))
+    except UserError as e:  # UsageError: exit 2, else 1
+        _fail(args, str(e), exit_code(e))
     except KeyboardInterrupt:
         return 130
-    except OSError as e:  # e.g. --out into a missing folder
+    except (OSError, ValueError) as e:  # e.g. --out into a missing folder
         _fail(args, str(e))
 
 

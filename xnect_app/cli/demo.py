@@ -7,8 +7,9 @@ examples:
   xnect-demo --images photos/ --headless --max-frames 20 --jsonl photos.jsonl
 
 Press q or Esc in the window (q + Enter in a headless terminal) or Ctrl-C to stop; what was
-processed up to then is kept. Exit status: 0 done, 1 error, 3 the input was damaged (truncated
-video, unreadable images) but everything readable was processed.
+processed up to then is kept. Exit status (docs/cli.md): 0 done, 1 error (input, weights, device),
+2 usage error, 3 the input was damaged (truncated video, unreadable images) but everything readable
+was processed.
 """
 from __future__ import annotations
 
@@ -94,6 +95,8 @@ def _stdin_quit(pipeline) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the command line first (a UsageError, exit 2), then the files and devices it names (exit 1)
+    model, decode, tracker = model_config(args), decode_config(args), tracker_config(args)
     record = _check_output(args.record, "--record")
     jsonl = _check_output(args.jsonl, "--jsonl")
     source = _open_source(args)
@@ -113,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
     if source.live:  # opened only to fail fast; reopen after the model loads, without a backlog
         source.close()
-    est = build_estimator(model_config(args), decode_config(args), TrackConfig(tracking=not is_images, tracker=tracker_config(args)))
+    est = build_estimator(model, decode, TrackConfig(tracking=not is_images, tracker=tracker))
     if args.show_mask and not (est.dynconv or (est.stage1 is not None and est.stage1.cfg.dynconv)):
         raise UserError("--show-mask needs --dynconv (or weights with a DynConv mask unit)")
     if source.live:

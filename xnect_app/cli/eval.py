@@ -22,19 +22,22 @@ people (no 3D ground truth needed):
     xnect-eval coco ../shared/data/coco_dev --teacher3d data_cache/eval_teacher_coco_dev.npz
 MuPoTS-3D style 3D metrics (3DPCK@150mm, AUC, MPJPE) are in xnect_app.train.evaluate for users
 with that dataset.
+
+Exit status (docs/cli.md): 0 done, 1 an input or the weights could not be read, 2 usage error.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 from ..estimator import PoseEstimator, TrackConfig
-from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, fail, model_config,
-                       non_negative_int)
+from ..options import (EXIT_USAGE, OneLineParser, UserError, add_model_args, build_estimator,
+                       decode_config, exit_code, fail, model_config, non_negative_int)
 from ..runtime.config import ModelConfig
 from ..teachers.movenet import MoveNetPeer, MoveNetTeacher
 from ..train.data import LSPET_HELDOUT
@@ -45,11 +48,22 @@ UNTRACKED = TrackConfig(tracking=False, fit_skeleton=False)
 
 
 def _estimator(a: argparse.Namespace, model: ModelConfig, what: str = "") -> PoseEstimator:
-    """The estimator of `model` with the tool's decoding, for independent images; exit 2 if it cannot be built."""
+    """The estimator of `model` with the tool's decoding, for independent images; a one-line error
+    (exit 1, 2 for a usage error) if it cannot be built."""
     try:
         return build_estimator(model, decode_config(a), UNTRACKED)
     except UserError as e:
-        fail(PROG, f"{what}{e}", code=2)
+        fail(PROG, f"{what}{_weights_hint(str(e), what)}", exit_code(e))
+
+
+def _weights_hint(message: str, what: str) -> str:
+    """The missing-weights message with the options xnect-eval has: it scores trained weights, so
+    the hint names the options that choose them, not --random-weights."""
+    message = re.sub(r";\s*pass (random_init=True / )?--random-weights for an untrained network", "", message)
+    if "not found" in message and "weights file" in message:
+        message += ("; give --against a weights file" if what.startswith("--against") else
+                    "; choose the weights with --weights PATH or --checkpoint PATH")
+    return message
 
 
 def _augmentation(a: argparse.Namespace) -> str:
@@ -63,24 +77,24 @@ def _coco(a: argparse.Namespace) -> None:
     try:
         data, _ = load_coco_json(a.path)
     except (FileNotFoundError, json.JSONDecodeError, IsADirectoryError) as e:
-        fail(PROG, f"cannot read COCO keypoints from {a.path!r}: {e}", code=2)
+        fail(PROG, f"cannot read COCO keypoints from {a.path!r}: {e}")
     try:
         model = model_config(a)
     except UserError as e:
-        fail(PROG, str(e), code=2)
+        fail(PROG, str(e), exit_code(e))
     augmented = model.augmented
     plain = replace(model, flip_test=False, flip_scale=1.0, test_scales=(1.0,))
-    est = _estimator(a, model)
-    if a.teacher3d and not Path(a.teacher3d).is_file():
-        fail(PROG, f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
-                           "--for-eval --datasets NAME makes one)", code=2)
     compare = bool(a.against or a.against_plain)
     if a.against_plain and not augmented:
         fail(PROG, "--against-plain compares test-time augmentation with none: add --flip, --flip-scale "
-                           "or --scales", code=2)
+                   "or --scales", EXIT_USAGE)
     resamples = a.bootstrap if a.bootstrap is not None else (1000 if compare else 0)
     if compare and not resamples:
-        fail(PROG, "--against / --against-plain compare on resampled images: leave out --bootstrap 0", code=2)
+        fail(PROG, "--against / --against-plain compare on resampled images: leave out --bootstrap 0", EXIT_USAGE)
+    if a.teacher3d and not Path(a.teacher3d).is_file():
+        fail(PROG, f"{a.teacher3d!r}: no teacher label file (python -m xnect_app.train.teacher "
+                   "--for-eval --datasets NAME makes one)")
+    est = _estimator(a, model)
     against = None
     if compare:
         option = "--against" if a.against else "--against-plain"
@@ -145,17 +159,18 @@ def _lspet(a: argparse.Namespace) -> None:
     try:
         gt = lspet_as_coco(a.path, split="heldout")
     except (FileNotFoundError, json.JSONDecodeError, ValueError) as e:
-        fail(PROG, f"cannot read LSPET from {a.path!r}: {e}", code=1)
+        fail(PROG, f"cannot read LSPET from {a.path!r}: {e}")
     try:
-        est = build_estimator(model_config(a), decode_config(a), UNTRACKED)
+        model = model_config(a)
     except UserError as e:
-        fail(PROG, str(e), code=1)
+        fail(PROG, str(e), exit_code(e))
+    est = _estimator(a, model)
     res = {"model": est.model_name, **evaluate_pck(est, gt)}
     if a.peer:
         try:
             teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
         except (FileNotFoundError, ValueError) as e:
-            fail(PROG, f"--peer {a.peer}: {e}", code=1)
+            fail(PROG, f"--peer {a.peer}: {e}")
         res["peer"] = {"name": f"{PEERS[a.peer]} at {a.peer_size}", **evaluate_pck(MoveNetPeer(teacher), gt)}
     if a.json:
         print(json.dumps(res, indent=2))
@@ -175,7 +190,7 @@ def _peer(a: argparse.Namespace) -> dict:
     try:
         teacher = MoveNetTeacher(size=a.peer_size, refine=a.peer == "movenet")
     except (FileNotFoundError, ValueError) as e:
-        fail(PROG, f"--peer {a.peer}: {e}", code=1)
+        fail(PROG, f"--peer {a.peer}: {e}")
     r = evaluate_coco(MoveNetPeer(teacher), a.path)
     return {"name": f"{PEERS[a.peer]} at {a.peer_size}", "ap": r["ap"], "ap_body": r["ap_body"],
             "pck_body@0.2": r["pck_body@0.2"], "detections": r["detections"]}
@@ -221,8 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    try:  # the command line first (exit 2), then the files it names (exit 1)
+        model_config(a)
+        decode_config(a)
+    except UserError as e:
+        fail(PROG, str(e), exit_code(e))
     if not Path(a.path).exists():
-        fail(PROG, f"{a.path!r} does not exist", code=2)
+        fail(PROG, f"{a.path!r} does not exist")
     try:
         a.fn(a)
     except KeyboardInterrupt:

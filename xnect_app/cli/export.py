@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..options import (DEFAULT_INPUT_SIZE, SOURCE_OPTIONS, OneLineParser, UserError, add_model_args, input_size,
-                       model_config, positive_int)
+from ..options import (DEFAULT_INPUT_SIZE, SOURCE_OPTIONS, OneLineParser, UsageError, UserError, add_model_args,
+                       cli_hint, exit_code, input_size, model_config, positive_int)
 from ..runtime.onnx import (DEFAULT_OPSET, OnnxNetworks, OnnxUnavailable, calibration_images, compare_with_torch,
                             export_onnx, quantize_stage1_int8)
 from ..weights import load_networks
@@ -34,7 +34,7 @@ INT8_CHECK_RELATIVE_TOLERANCE = 0.5
 
 
 class _Failure(Exception):
-    pass
+    """A one-line error with exit status 1 (an input, the weights or the export failed)."""
 
 
 def _fail(prog: str, message: str, code: int = 1):
@@ -75,11 +75,11 @@ def add_onnx(subparsers) -> None:
 
 def _load_networks(args: argparse.Namespace):
     """(stage1, stage2 or None, model name) from the chosen source; _Failure for user mistakes."""
+    m = model_config(args)  # a UsageError (exit 2) for options that exclude each other
     try:
-        m = model_config(args)
         nets = load_networks(m.weights, m.checkpoint, m.random_init, m.backbone, m.seed)
-    except (UserError, FileNotFoundError, ValueError) as e:
-        raise _Failure(str(e)) from None
+    except (FileNotFoundError, ValueError) as e:
+        raise _Failure(cli_hint(str(e))) from None
     except KeyError as e:  # unknown backbone name
         raise _Failure(str(e.args[0]) if e.args else str(e)) from None
     if m.random_init:
@@ -90,19 +90,19 @@ def _load_networks(args: argparse.Namespace):
 def run_onnx(args: argparse.Namespace) -> int:
     log = logging.getLogger("xnect_app.runtime.onnx")
     if args.opset is not None and not 13 <= args.opset <= 21:
-        raise _Failure(f"--opset {args.opset}: choose 13..21")
+        raise UsageError(f"--opset {args.opset}: choose 13..21")
+    if args.int8 and args.calibration is None:
+        raise UsageError("--int8 needs --calibration DIR (images like those the model will see)")
+    if args.calibration is not None and not args.int8:
+        raise UsageError("--calibration is for --int8")
     if args.out.exists() and not args.out.is_dir():
         raise _Failure(f"--out {args.out}: exists and is not a directory")
     calib = None
     if args.int8:
-        if args.calibration is None:
-            raise _Failure("--int8 needs --calibration DIR (images like those the model will see)")
         try:
             calib = calibration_images(args.calibration, args.calibration_images, args.input_size)
         except ValueError as e:
             raise _Failure(str(e)) from None
-    elif args.calibration is not None:
-        raise _Failure("--calibration is for --int8")
     stage1, stage2, name = _load_networks(args)
     try:
         meta = export_onnx(stage1, stage2, args.out, args.input_size, name,
@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("xnect_app.runtime.onnx").setLevel(logging.INFO)
     try:
         return args.func(args)
-    except _Failure as e:
-        _fail(args.prog, str(e))
+    except (_Failure, UserError) as e:  # UsageError: exit 2
+        _fail(args.prog, str(e), exit_code(e))
     except ValueError as e:  # e.g. an input size the network cannot take
         _fail(args.prog, str(e))
     except OSError as e:  # e.g. --out on a read-only file system

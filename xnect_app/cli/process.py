@@ -1,7 +1,7 @@
 """Batch-process videos and image folders into 3D poses.
 
 examples:
-  xnect-process demo_videos/vtest.avi --out-dir out/ --video
+  xnect-process demo_videos/vtest.avi --out-dir out/ --write-video
   xnect-process clips/ more/*.mp4 --out-dir poses/ --csv --bvh --workers 2
   xnect-process photos/ --out-dir poses/ --coco
   xnect-process /data/videos --out-dir /data/poses --shard 2/4     (machine 2 of 4)
@@ -9,15 +9,15 @@ examples:
 
 For every input (a video, or the images of one folder as a set) the output folder gets:
   NAME.jsonl            always: a meta record, then one frame record per frame (architecture guide)
-  NAME.mp4              --video: the frames with skeletons drawn
+  NAME.mp4              --write-video: the frames with skeletons drawn
   NAME.coco.json        --coco: COCO keypoint results (image_id from numeric file names)
   NAME.csv              --csv: one row per person per frame
   NAME.trackID.bvh      --bvh: one BVH skeleton per track (videos; needs the skeleton fit)
   NAME.done.json        written last: what was made from which input; its presence means done
 
 Files appear only when complete. A re-run skips inputs whose outputs are complete and made with
-the same options (--overwrite redoes them). Exit status: 0 all done, 1 some input failed,
-2 usage error, 3 some input was damaged (truncated video or unreadable images; everything
+the same options (--overwrite redoes them). Exit status (docs/cli.md): 0 all done, 1 some input
+failed, 2 usage error, 3 some input was damaged (truncated video or unreadable images; everything
 readable was processed), 130 interrupted (finished inputs stay complete).
 """
 from __future__ import annotations
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..io.sources import cv2  # imported there after quieting FFmpeg's logging
-from ..options import (OneLineParser, UserError, add_model_args, add_track_args, decode_config, fail, model_config,
-                       model_signature, positive_int, tracker_config)
+from ..options import (OneLineParser, UsageError, UserError, add_model_args, add_track_args, decode_config, exit_code,
+                       fail, model_config, model_signature, positive_int, tracker_config)
 from . import process_ray
 from .jobs import (PROG, Job, JobReport, Options, describe, discover, estimator_for, forget_estimators,  # noqa: F401
                    is_complete, run_job)
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="video files, image files, folders or quoted globs")
     p.add_argument("--out-dir", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--video", action="store_true", help="also write the annotated video (NAME.mp4)")
+    p.add_argument("--write-video", action="store_true", help="also write the annotated video (NAME.mp4)")
     p.add_argument("--coco", action="store_true", help="also write COCO keypoint results (NAME.coco.json)")
     p.add_argument("--csv", action="store_true", help="also write a CSV table (NAME.csv)")
     p.add_argument("--bvh", action="store_true", help="also write one BVH per track (NAME.trackID.bvh)")
@@ -319,22 +319,23 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
-        opts = Options(out_dir=str(args.out_dir), video=args.video, coco=args.coco, csv=args.csv,
+        opts = Options(out_dir=str(args.out_dir), video=args.write_video, coco=args.coco, csv=args.csv,
                        bvh=args.bvh, overwrite=args.overwrite, min_track_frames=args.min_track_frames,
                        model=model_config(args), decode=decode_config(args), tracker=tracker_config(args),
                        model_options=model_signature(args))
         jobs, errors = discover(args.inputs)
+        if not jobs:  # one line: the one unusable input, or all of them
+            fail(PROG, (errors[0] if len(errors) == 1 else f"nothing to process: {'; '.join(errors)}")
+                 if errors else "no inputs")
         for err in errors:
             print(f"{PROG}: error: {err}", file=sys.stderr)
-        if not jobs:
-            fail(PROG, "nothing to process" if errors else "no inputs")
         prepare_out_dir(args.out_dir)
         jobs = select_shard(jobs, args.shard)
         if not jobs:
             print(f"{PROG}: shard {args.shard[0]}/{args.shard[1]} has no inputs", file=sys.stderr)
             return 1 if errors else 0
         if args.shard and args.ray is not None:
-            raise UserError("--shard and --ray exclude each other (Ray spreads the inputs itself)")
+            raise UsageError("--shard and --ray exclude each other (Ray spreads the inputs itself)")
         workers = args.workers
         if args.ray is not None:
             workers = process_ray.connect(args.ray or None, args.workers, args.ray_cpus)
@@ -349,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.ray is not None:
                 process_ray.shutdown()
     except UserError as e:
-        fail(PROG, str(e))
+        fail(PROG, str(e), exit_code(e))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted before any input was finished", file=sys.stderr)
         _exit_leaving_busy_threads(EXIT_INTERRUPTED)

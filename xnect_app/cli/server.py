@@ -7,6 +7,7 @@ Examples:
     xnect-server --host 0.0.0.0 --allow-origin https://my.site --ssl-certfile c.pem --ssl-keyfile k.pem
 
 The protocol is described in docs/server.md; examples/ws_client.py is a Python client.
+Exit status (docs/cli.md): 1 a file, the source, the weights or the address failed, 2 usage error.
 """
 from __future__ import annotations
 
@@ -20,8 +21,8 @@ from pathlib import Path
 import uvicorn
 
 from ..estimator import TrackConfig
-from ..options import (OneLineParser, UserError, add_model_args, add_track_args, build_estimator, decode_config, fail,
-                       model_config, tracker_config)
+from ..options import (OneLineParser, UsageError, UserError, add_model_args, add_track_args, build_estimator,
+                       decode_config, exit_code, fail, model_config, tracker_config)
 from ..server.app import create_app
 from ..server.broadcast import open_capture
 from ..server.state import DEFAULT_WEB_DIR, MiB, ServerConfig
@@ -63,18 +64,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The server settings; UsageError (exit 2) for a wrong command line, ValueError (exit 1) for a
+    missing file or a source that cannot be opened."""
     if not 0 <= args.port <= 65535:
-        raise ValueError(f"--port must be 0-65535, got {args.port}")
+        raise UsageError(f"--port must be 0-65535, got {args.port}")
     for name in ("max_frame_mb", "max_image_side", "max_clients", "max_batch"):
         if getattr(args, name) <= 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be positive")
+            raise UsageError(f"--{name.replace('_', '-')} must be positive")
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
-        raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        raise UsageError("--ssl-certfile and --ssl-keyfile go together")
+    if args.token is not None and not args.token.strip():
+        raise UsageError("--token must not be empty")
+    model_config(args)  # options that exclude each other, before any file
     for path in (args.ssl_certfile, args.ssl_keyfile, args.weights, args.checkpoint):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"file not found: {path}")
-    if args.token is not None and not args.token.strip():
-        raise ValueError("--token must not be empty")
     source = args.camera if args.camera is not None else args.source
     if source is not None:
         open_capture(source).release()  # fail now, with the source's name, not after start-up
@@ -90,6 +94,8 @@ def make_estimator(args: argparse.Namespace):
         return build_estimator(model_config(args), decode_config(args),
                                TrackConfig(tracking=True, fit_skeleton=not args.no_skeleton_fit,
                                            tracker=tracker_config(args)))
+    except UsageError:
+        raise
     except UserError as e:
         raise ValueError(str(e)) from None
 
@@ -104,8 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((args.host, args.port))
-    except (ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as err:
-        fail("xnect-server", str(err), code=2)
+    except (UserError, ValueError, FileNotFoundError, RuntimeError, OSError, KeyError) as err:
+        fail("xnect-server", str(err), exit_code(err))
 
     app = create_app(lambda: estimator, cfg)
     host, port = sock.getsockname()[:2]

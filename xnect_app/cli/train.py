@@ -23,7 +23,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..options import DATA_ROOT, OneLineParser, fail, input_size
+from ..options import DATA_ROOT, EXIT_USAGE, OneLineParser, fail, input_size
 from ..train.losses import LossWeights
 from ..train.movenet_labels import LABEL_DESCRIPTION, LABEL_EXAMPLES, add_label_arguments, run_label
 from ..train.release import export_weights
@@ -48,31 +48,31 @@ def _stage1(a: argparse.Namespace) -> None:
                       loss=dataclasses.asdict(LossWeights(heatmap=a.heatmap_weight,
                                                           heatmap_positive_boost=a.heatmap_boost,
                                                           paf_positive_boost=a.paf_boost)))
-    if not Path(cfg.data_root).is_dir():
-        fail("xnect-train", f"data root {cfg.data_root!r} is not a folder (point --data-root at the data)",
-             code=2)
-    if a.init and not Path(a.init).is_file():
-        fail("xnect-train", f"--init {a.init!r} does not exist", code=2)
-    for d in a.own_data:
-        if not Path(d).exists():
-            fail("xnect-train", f"--own-data {d!r} does not exist", code=2)
     if a.own_repeat < 1:
-        fail("xnect-train", f"--own-repeat {a.own_repeat}: give 1 or more", code=2)
+        fail("xnect-train", f"--own-repeat {a.own_repeat}: give 1 or more", code=EXIT_USAGE)
     if a.coco_repeat < 1:
-        fail("xnect-train", f"--coco-repeat {a.coco_repeat}: give 1 or more", code=2)
+        fail("xnect-train", f"--coco-repeat {a.coco_repeat}: give 1 or more", code=EXIT_USAGE)
     if not 0.0 <= a.composite_prob <= 1.0:
-        fail("xnect-train", f"--composite-prob {a.composite_prob}: give a probability in [0, 1]", code=2)
+        fail("xnect-train", f"--composite-prob {a.composite_prob}: give a probability in [0, 1]", code=EXIT_USAGE)
     if not 0.0 <= a.negative_prob <= 1.0 or a.composite_prob + a.negative_prob > 1.0:
         fail("xnect-train", f"--negative-prob {a.negative_prob}: give a probability in [0, 1] that, with "
-                            f"--composite-prob {a.composite_prob}, sums to 1 at most", code=2)
+                            f"--composite-prob {a.composite_prob}, sums to 1 at most", code=EXIT_USAGE)
     if not 0.0 <= a.ema < 1.0:
-        fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=2)
+        fail("xnect-train", f"--ema {a.ema}: give a decay in [0, 1) (0 = off)", code=EXIT_USAGE)
     if a.swa_every < 0:
-        fail("xnect-train", f"--swa-every {a.swa_every}: give a number of steps (0 = off)", code=2)
+        fail("xnect-train", f"--swa-every {a.swa_every}: give a number of steps (0 = off)", code=EXIT_USAGE)
     if not 0.0 < a.dynconv_budget <= 1.0:
-        fail("xnect-train", f"--dynconv-budget {a.dynconv_budget}: give a share of the cost in (0, 1]", code=2)
+        fail("xnect-train", f"--dynconv-budget {a.dynconv_budget}: give a share of the cost in (0, 1]", code=EXIT_USAGE)
+    # the values are right: now the files they name
+    if not Path(cfg.data_root).is_dir():
+        fail("xnect-train", f"data root {cfg.data_root!r} is not a folder (point --data-root at the data)")
+    if a.init and not Path(a.init).is_file():
+        fail("xnect-train", f"--init {a.init!r} does not exist")
+    for d in a.own_data:
+        if not Path(d).exists():
+            fail("xnect-train", f"--own-data {d!r} does not exist")
     if a.backbone_weights and not Path(a.backbone_weights).is_file():
-        fail("xnect-train", f"--backbone-weights {a.backbone_weights!r} does not exist", code=2)
+        fail("xnect-train", f"--backbone-weights {a.backbone_weights!r} does not exist")
     Trainer(cfg).run()
 
 
@@ -84,16 +84,16 @@ def _stage2(a: argparse.Namespace) -> None:
 
 
 def _export(a: argparse.Namespace) -> None:
+    if a.bn_crops < 0:
+        fail("xnect-train", "--bn-crops must be 0 or more", code=EXIT_USAGE)
     for p in (*a.stage1, *(a.stage2 or ()), a.mask_unit):
         if p and not Path(p).is_file():
-            fail("xnect-train", f"checkpoint {p!r} does not exist", code=2)
-    if a.bn_crops < 0:
-        fail("xnect-train", "--bn-crops must be 0 or more", code=2)
+            fail("xnect-train", f"checkpoint {p!r} does not exist")
     try:
         export_weights(a.stage1, a.stage2, a.out, half=not a.fp32, mask_unit_ckpt=a.mask_unit,
                        averaged=not a.raw, bn_crops=a.bn_crops, data_root=a.data_root)
     except (ValueError, FileNotFoundError) as e:
-        fail("xnect-train", str(e), code=2)
+        fail("xnect-train", str(e))
     print(f"wrote {a.out}")
 
 
