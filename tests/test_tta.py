@@ -156,7 +156,9 @@ def test_with_flip_test_the_people_of_a_mirrored_photo_are_the_mirrored_people()
         back[:, 0] = 639 - back[:, 0]
         seen = p.kp2d[:, 2] > 0
         np.testing.assert_array_equal(back[:, 2] > 0, seen)
-        np.testing.assert_allclose(back[seen, :2], p.kp2d[seen, :2], atol=0.05)
+        # within a fifth of a map cell (10 px here): bfloat16 rounding can tip a near-tie in the
+        # sub-cell refinement; without flip test the same joints differ by up to 100 px
+        np.testing.assert_allclose(back[seen, :2], p.kp2d[seen, :2], atol=2.0)
         assert np.isfinite(p.kp3d_cam_mm).all()
 
 
