@@ -78,12 +78,9 @@ if __name__ == "__main__":  # a torchrun rank (launched by _torchrun below)
     sys.exit(0)
 
 
-try:  # the tests' shared-data mechanism (tests/shared_data.py), where this checkout has it
-    from shared_data import DATA, needs_data
-    pytestmark = needs_data("lspet")
-except ImportError:
-    DATA = Path(os.environ.get("XNECT_DATA") or REPO.parent / "shared" / "data")
-    pytestmark = pytest.mark.skipif(not (DATA / "lspet").is_dir(), reason=f"training data not found at {DATA}")
+from shared_data import DATA, needs_data  # noqa: E402
+
+pytestmark = needs_data("lspet")
 
 
 def _free_port() -> int:
