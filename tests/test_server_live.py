@@ -48,7 +48,7 @@ def recv_json(ws, timeout: float = TIMEOUT) -> dict:
             return msg
 
 
-def wait_until(pred, timeout: float = 20.0) -> bool:
+def wait_until(pred, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
