@@ -61,7 +61,7 @@ def test_missing_file(tmp_path):
 def test_text_file_named_mp4(tmp_path):
     fake = tmp_path / "notes.mp4"
     fake.write_text("meeting notes, not a video\n")
-    r = cli(str(fake), "--out-dir", str(tmp_path / "out"), "--video", *FAST)
+    r = cli(str(fake), "--out-dir", str(tmp_path / "out"), "--write-video", *FAST)
     assert_clean_error(r, 1, "notes.mp4: not a video file")
     assert final_outputs(tmp_path / "out", "notes") == []
 
@@ -78,7 +78,7 @@ def test_truncated_video_keeps_decoded_frames_and_says_so(tmp_path):
         decodable += 1
     assert 0 < decodable < 16
     out = tmp_path / "out"
-    r = cli(str(cut), "--out-dir", str(out), "--video", "--no-progress", *FAST)
+    r = cli(str(cut), "--out-dir", str(out), "--write-video", "--no-progress", *FAST)
     assert r.returncode == 3, r.stderr
     assert "Traceback" not in r.stderr
     assert f"after {decodable} of 16 frames" in r.stderr and "damaged input" in r.stdout
@@ -182,5 +182,5 @@ def test_ctrl_c_in_the_middle_of_a_batch(tmp_path):
             assert names == [], names
     assert not (out / "c.done.json").exists() or not (out / "b.done.json").exists()
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporaries cleaned up"
-    r = cli(str(clips), "--out-dir", str(out), "--video", "--no-progress", *FAST)  # resume
+    r = cli(str(clips), "--out-dir", str(out), "--write-video", "--no-progress", *FAST)  # resume
     assert r.returncode == 0 and ("1 skipped" in r.stdout or "2 skipped" in r.stdout), r.stdout + r.stderr
