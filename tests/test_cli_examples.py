@@ -108,3 +108,47 @@ def test_tta_bench_refuses_the_options_it_compares():
     args = parse("xnect-bench", "xnect-bench tta --scales 1,0.75,0.5")
     with pytest.raises(UserError, match="--bench-scales"):
         tta.check_args(args)
+
+
+def doc_script_lines() -> list[str]:
+    """`python examples/*.py ...` and `python scripts/*.py ...` lines of the documentation's code blocks."""
+    found = []
+    for doc in DOCS + ("docs/measurements.md", "docs/cli.md"):
+        text = (REPO / doc).read_text()
+        for block in re.findall(r"```[a-z]*\n(.*?)```", text, re.S):
+            for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+                if re.match(r"python3? (examples|scripts)/\w+\.py", line.strip()):
+                    found.append(re.split(r"\s+#", line.strip())[0])
+        found += re.findall(r"`(python3? (?:examples|scripts)/\w+\.py[^`]*)`", text)
+    return sorted(set(found))
+
+
+class _Parsed(Exception):
+    pass
+
+
+def test_the_docs_have_script_lines():
+    assert any(line.startswith("python examples/ws_client.py") for line in doc_script_lines())
+
+
+@pytest.mark.parametrize("line", doc_script_lines())
+def test_documented_script_line_is_accepted(line, monkeypatch):
+    """The script's own parser takes the line; the script stops right after parsing."""
+    import argparse
+    import runpy
+    import sys
+
+    argv = shlex.split(line)[1:]
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        original(self, args, namespace)
+        raise _Parsed
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(_Parsed):
+        try:
+            runpy.run_path(str(REPO / argv[0]), run_name="__main__")
+        except SystemExit as e:
+            raise AssertionError(f"{line!r} is refused (exit {e.code})") from None
