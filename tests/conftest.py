@@ -1,6 +1,8 @@
-"""The shared-data mechanism of tests/shared_data.py: the needs_data mark and the shared_data fixture."""
+"""The shared-data mechanism of tests/shared_data.py (the needs_data mark and the shared_data fixture),
+and Ctrl-C as a terminal delivers it."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -9,6 +11,11 @@ from shared_data import DATA, MARK, in_ci, missing, reason, require
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt: the Ctrl-C tests would wait for a key press that cannot
+    # come. Restore what a terminal gives; the tools' own subprocesses then get it too.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     config.addinivalue_line("markers", f"{MARK}(*items): the test reads these items of the shared data "
                                        f"({DATA}); a missing one skips it, under CI=true it is an error")
 
