@@ -55,7 +55,7 @@ from ..runtime.motion import (DEFAULT_MARGIN, FIRST_MASKED_BLOCK, MotionGate, bl
                               moving_share_per_cell)
 from ..runtime.preprocess import letterbox
 from ..train.evaluate import coco_oks
-from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
+from .frames import DEFAULT_VIDEO, add_video_arg, read_frames, require_video
 
 _logger = logging.getLogger(__name__)
 
@@ -269,8 +269,7 @@ def run_dynconv_bench(video: str | Path = DEFAULT_VIDEO, frames: int = 60, budge
     if first_block is None:
         first_block = FIRST_MASKED_BLOCK
     size = est.input_size
-    if not Path(video).is_file():
-        raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    require_video(video)
     causal = mask_source == "motion"
     gate = None
     if causal:  # the gate first sees the frames before the timed ones (its warm-up)
@@ -542,8 +541,8 @@ def run(args: argparse.Namespace) -> int:
     if args.flip or args.flip_scale or args.scales:
         raise UsageError("--flip, --flip-scale and --scales do not apply here: this bench times single dense "
                          "and sparse Stage I passes")
-    if args.frames and not Path(args.video).is_file():  # before loading the model
-        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    if args.frames:
+        require_video(args.video)  # before loading the model
     if args.threads:
         torch.set_num_threads(args.threads)
     # this bench runs the networks itself, on this thread

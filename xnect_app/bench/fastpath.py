@@ -54,7 +54,7 @@ from ..runtime.onnx import INT8_CALIBRATION_METHODS, calibration_images, export_
 from ..runtime.preprocess import letterbox
 from ..train.evaluate import evaluate_coco
 from ..weights import load_networks
-from .frames import DEFAULT_VIDEO, add_video_arg, read_frames
+from .frames import DEFAULT_VIDEO, add_video_arg, read_frames, require_video
 
 _logger = logging.getLogger(__name__)
 
@@ -363,8 +363,7 @@ def run(args: argparse.Namespace) -> int:
         variants = ("fp32",) + variants  # every ratio is against fp32
     if args.frames < 1 or args.rounds < 1:
         raise UsageError("--frames and --rounds must be at least 1")
-    if not args.video.is_file():
-        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    require_video(args.video)
     coco_dev = args.data / "coco_dev"
     if not args.no_ap and not coco_dev.is_dir():
         raise UserError(f"{coco_dev}: not found (pass --data or --no-ap)")

@@ -17,6 +17,12 @@ def add_video_arg(p: argparse.ArgumentParser) -> None:
                    help="video to run on (default: demo_videos/vtest.avi; demo_videos/fetch_vtest.sh fetches it)")
 
 
+def require_video(video: str | Path) -> None:
+    """The one-line error of every bench for a video that is not there (checked before loading a model)."""
+    if not Path(video).is_file():
+        raise UserError(f"{video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+
+
 def read_frames(video: str | Path, count: int, start: int = 0, stride: int = 1) -> list[np.ndarray]:
     """Up to `count` frames, every `stride`-th from frame `start`; an error if none can be read."""
     cap = cv2.VideoCapture(str(video))

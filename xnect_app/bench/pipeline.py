@@ -28,7 +28,7 @@ from ..io.sources import VideoSource
 from ..options import (OneLineParser, UserError, add_model_args, build_estimator, decode_config, model_config,
                        positive_int, run_cli)
 from ..pipeline import Pipeline
-from .frames import add_video_arg
+from .frames import add_video_arg, require_video
 
 LOG = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def run(args: argparse.Namespace) -> int:
     """Entry point for a parsed namespace (what `xnect-bench pipeline` calls)."""
-    if not Path(args.video).is_file():
-        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    require_video(args.video)
     est = build_estimator(model_config(args), decode_config(args))
     t0 = time.perf_counter()
     res = benchmark_pipeline(args.video, est, frames=args.frames, repeats=args.repeats,

@@ -26,9 +26,9 @@ import torch
 
 from ..estimator import PoseEstimator, TrackConfig
 from ..io.sinks import atomic_write_text
-from ..options import (OneLineParser, UsageError, UserError, add_model_args, build_estimator, decode_config,
+from ..options import (OneLineParser, UsageError, add_model_args, build_estimator, decode_config,
                        fraction, model_config, non_negative_int, run_cli, scale_list)
-from .frames import add_video_arg, read_frames
+from .frames import add_video_arg, read_frames, require_video
 
 _log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     check_args(args)
-    if not Path(args.video).is_file():
-        raise UserError(f"{args.video}: no such video (demo_videos/fetch_vtest.sh fetches vtest.avi)")
+    require_video(args.video)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, decode, track = model_config(args, torch_thread=False), decode_config(args), TrackConfig(tracking=False)
