@@ -105,6 +105,7 @@ def test_2d_term_pulls_the_fit_onto_the_image_evidence():
 
 def test_analytic_jacobian_matches_finite_differences():
     from xnect_app.pose import ik
+    from xnect_app.pose.kinematics import rotvec_to_matrix
     people, target = _people(n=2, seed=7)
     intr = Intrinsics.from_fov(512, 320, 60)
     kp2d = np.zeros((2, 19, 3))
@@ -113,23 +114,35 @@ def test_analytic_jacobian_matches_finite_differences():
     angles = people["angles"].copy()
     angles[:, ROOT] = people["root_rot"]
     angles += np.random.default_rng(0).normal(0, 0.05, angles.shape)   # away from the optimum
-    root = target[:, ROOT] + 30.0
-    bones = people["bone_lengths"]
+    local, root = rotvec_to_matrix(angles), target[:, ROOT] + 30.0
+    offsets = rest_offsets(people["bone_lengths"])
     valid = np.ones((2, 21), dtype=bool)
+    valid[1, 4] = False
+    cfg = IKConfig(w_2d=3.0, w_limits=50.0, limit_margin_deg=-10.0, w_smooth=0.0)
     rot_idx = np.array(ik.ROT_JOINTS)
-    cfg = IKConfig(w_2d=3.0, w_limits=0.0)
-    no_prev = np.zeros(2, dtype=bool)
+    lo = (np.radians(10.0) + ik._LIMIT_LO[rot_idx]).reshape(-1)
+    hi = (np.radians(-10.0) + ik._LIMIT_HI[rot_idx]).reshape(-1)
+    none = np.zeros(2, dtype=bool)
 
-    def residuals(a, r):
-        pos, glob = ik._forward(a, r, bones)
-        return ik._residuals(pos, glob, a, target, valid, None, no_prev, ik._LIMIT_LO[rot_idx],
-                             ik._LIMIT_HI[rot_idx], cfg, kp2d, intr)
+    def residuals(local, root):
+        pos, glob = ik._forward(local, root, offsets)
+        return ik._residuals(pos, glob, target, valid, cfg, kp2d, intr, jacobian=False)
 
-    res, jac = residuals(angles, root)
+    pos, glob = ik._forward(local, root, offsets)
+    jac = ik._residuals(pos, glob, target, valid, cfg, kp2d, intr, jacobian=True)
+    cost, terms = ik._evaluate(local, root, offsets, target, valid, None, none, lo, hi, cfg, kp2d, intr)
+    assert (terms[3] != 0).any()                                      # some joints beyond their limits
+    jtj, jtr = ik._normal_equations(terms, target, valid, none, cfg, kp2d, intr)
+    res = residuals(local, root)
     eps = 1e-6
     for k in range(ik.N_PARAMS):
         d = np.zeros((2, ik.N_PARAMS))
         d[:, k] = eps
-        a2, r2 = ik._apply(angles, root, d)
-        numeric = (residuals(a2, r2)[0] - res) / eps
+        numeric = (residuals(*ik._perturb(local, root, d)) - res) / eps
         assert np.allclose(numeric, jac[:, :, k], atol=1e-3 * max(1.0, np.abs(numeric).max())), k
+    # the limit rows (one per out-of-range angle, identity Jacobian) join the normal equations
+    beyond = np.pad(terms[3], ((0, 0), (0, 3)))
+    assert np.isclose(cost, (res ** 2).sum(1) + (beyond ** 2).sum(1)).all()
+    assert np.allclose(jtr, (np.swapaxes(jac, 1, 2) @ res[..., None])[..., 0] + cfg.w_limits * beyond)
+    assert np.allclose(jtj, np.swapaxes(jac, 1, 2) @ jac
+                       + np.apply_along_axis(np.diag, 1, cfg.w_limits ** 2 * (beyond != 0)))

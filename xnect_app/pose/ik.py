@@ -10,8 +10,11 @@ root position (rest pose and FK conventions in kinematics.py):
 
 with batched Gauss-Newton / Levenberg-Marquardt over all people at once: analytic
 Jacobians (a rotation perturbation w at joint i moves every joint k below it by
-(G_i w) x (p_k - p_i)), one (51 x 51) solve per person and iteration. Rotations are updated
-on the manifold, R_i <- R_i exp(delta_i). A cold start (no previous frame) is initialised
+(G_i w) x (p_k - p_i)), one (51 x 51) solve per person and iteration; the smoothness and
+limit terms go straight onto the diagonal of the normal equations. Rotations are kept as
+matrices and updated on the manifold, R_i <- R_i exp(delta_i). A person warm-started from
+its previous frame takes at most `max_iter_warm` iterations (the spec's "a few per frame"),
+and a person that has converged leaves the batch. A cold start (no previous frame) is initialised
 analytically: each joint's rotation aligns its rest-pose child directions with the target's
 (Kabsch), which is already exact for a noise-free pose with the right bone lengths; warm
 starts reuse the track's previous angles. `SkeletonFitter` keeps that state per track id.
@@ -74,6 +77,7 @@ class IKConfig:
     w_limits: float = 200.0
     limit_margin_deg: float = 15.0
     max_iter: int = 5
+    max_iter_warm: int = 2   # for people warm-started from their previous frame
     tol_mm: float = 0.5   # stop when no joint moves more than this in an iteration
     damping: float = 1e-3
 
@@ -148,39 +152,155 @@ def initial_angles(kp3d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return angles, angles[:, ROOT].copy()
 
 
-def _forward(angles: np.ndarray, root_pos: np.ndarray, bones: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (P, 21, 3) and global orientations (P, 21, 3, 3); angles[:, ROOT] = root rotation."""
-    n = len(angles)
-    local = rotvec_to_matrix(angles)
-    offsets = rest_offsets(bones)
-    glob = np.empty((n, J3, 3, 3))
-    pos = np.empty((n, J3, 3))
+def _depth(j: int) -> int:
+    return 0 if PARENTS[j] < 0 else 1 + _depth(PARENTS[j])
+
+
+# FK: global orientations one tree level at a time (joints with children only); then every
+# bone's offset in camera axes, summed down the tree by one product with the ancestry matrix.
+_GLOB_LEVELS = tuple((np.array(js), PARENTS[js]) for js in
+                     ([j for j in FK_ORDER if _depth(j) == d and CHILDREN[j]]
+                      for d in range(1, max(map(_depth, range(J3))) + 1)) if js)
+_PARENT_OR_ROOT = np.where(PARENTS < 0, ROOT, PARENTS)
+_ANCESTRY = np.zeros((J3, J3))       # [k, j] = 1: bone j lies on the path from the root to k
+for _k in range(J3):
+    _a = _k
+    while PARENTS[_a] >= 0:
+        _ANCESTRY[_k, _a] = 1.0
+        _a = PARENTS[_a]
+_ROT_IDX = np.array(ROT_JOINTS)
+_N_ROT = 3 * len(ROT_JOINTS)
+_PAIR_J = _ROT_IDX[_PAIR_R]
+# Flat positions in a (21, 3, N_PARAMS) Jacobian of the pairs' 3x3 blocks [pair, xyz, c], and of
+# the root position's identity.
+_JAC_ROT = ((_PAIR_K[:, None, None] * 3 + np.arange(3)[None, :, None]) * N_PARAMS
+            + 3 * _PAIR_R[:, None, None] + np.arange(3)[None, None, :]).reshape(-1)
+_JAC_ROOT = ((np.arange(J3)[:, None] * 3 + np.arange(3)) * N_PARAMS + N_PARAMS - 3 + np.arange(3)).reshape(-1)
+
+
+def _forward(local: np.ndarray, root_pos: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (P, 21, 3) and global orientations (P, 21, 3, 3; leaves' rows unused) from local
+    rotation matrices (P, 21, 3, 3; row ROOT = the root's global rotation) and rest offsets (P, 21, 3)."""
+    glob = np.zeros_like(local)
     glob[:, ROOT] = local[:, ROOT]
-    pos[:, ROOT] = root_pos
-    for j in FK_ORDER[1:]:
-        p = PARENTS[j]
-        pos[:, j] = pos[:, p] + (glob[:, p] @ offsets[:, j, :, None])[..., 0]
-        glob[:, j] = glob[:, p] @ local[:, j]
-    return pos, glob
+    for js, ps in _GLOB_LEVELS:
+        glob[:, js] = glob[:, ps] @ local[:, js]
+    bones = (glob[:, _PARENT_OR_ROOT] @ offsets[..., None])[..., 0]         # the root's offset is 0
+    return root_pos[:, None] + _ANCESTRY @ bones, glob
 
 
 def _matrix_to_rotvec(r: np.ndarray) -> np.ndarray:
     """(..., 3, 3) rotation matrices -> (..., 3) rotation vectors (scipy only near 180 deg)."""
-    cos = np.clip((np.einsum("...ii->...", r) - 1.0) / 2.0, -1.0, 1.0)
+    flat = r.reshape(r.shape[:-2] + (9,))
+    cos = np.clip((flat[..., 0] + flat[..., 4] + flat[..., 8] - 1.0) * 0.5, -1.0, 1.0)
     angle = np.arccos(cos)
-    v = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    sin = np.sin(angle)
-    scale = np.where(angle < 1e-6, 0.5 + angle ** 2 / 12, angle / (2 * np.where(angle < 1e-6, 1.0, sin)))
-    out = v * scale[..., None]
+    scale = 0.5 * angle / np.maximum(np.sqrt(1.0 - cos * cos), 1e-12)   # angle / (2 sin angle), 1/2 at 0
+    scale = np.where(angle < 1e-6, 0.5, scale)
+    out = (flat[..., [7, 2, 3]] - flat[..., [5, 6, 1]]) * scale[..., None]
     near_pi = angle > np.pi - 1e-3
     if near_pi.any():
         out[near_pi] = Rotation.from_matrix(r[near_pi]).as_rotvec()
     return out
 
 
-def _rot_log_rel(prev: np.ndarray, cur: np.ndarray) -> np.ndarray:
-    """Rotation vectors of prev^T cur for (..., 3) rotation vectors."""
-    return _matrix_to_rotvec(np.swapaxes(rotvec_to_matrix(prev), -1, -2) @ rotvec_to_matrix(cur))
+def _residuals(pos: np.ndarray, glob: np.ndarray, target: np.ndarray, valid: np.ndarray, cfg: IKConfig,
+               kp2d: np.ndarray | None, intrinsics: Intrinsics | None, jacobian: bool) -> np.ndarray:
+    """Residuals (P, R) of the 3D and 2D terms, or with `jacobian` their Jacobian (P, R, N_PARAMS).
+
+    d p_k / d w_r = -[p_k - p_r]x G_r for each rotating joint r above k; d p_k / d root_pos = I.
+    """
+    n = len(pos)
+    w3 = None if valid.all() and cfg.w_3d == 1.0 else (np.sqrt(cfg.w_3d) * valid).repeat(3, axis=1)
+    if use_2d := kp2d is not None:
+        idx2 = np.array([j for j, k in enumerate(skeleton.JOINT_3D_OF_2D) if k >= 0])
+        idx3 = np.array([skeleton.JOINT_3D_OF_2D[j] for j in idx2])
+        p = pos[:, idx3]
+        z = np.maximum(p[..., 2], 1.0)
+        f = np.array([intrinsics.fx, intrinsics.fy])
+        c = np.where(np.isfinite(kp2d[:, idx2, :2]).all(-1), np.clip(kp2d[:, idx2, 2], 0, None), 0.0)
+        wc = np.sqrt(cfg.w_2d) * c[..., None]
+    if not jacobian:
+        res = (pos - target).reshape(n, -1)
+        if w3 is not None:
+            res = res * w3
+        if not use_2d:
+            return res
+        proj = f * p[..., :2] / z[..., None] + np.array([intrinsics.cx, intrinsics.cy])
+        res2 = ((proj - np.nan_to_num(kp2d[:, idx2, :2])) * wc).reshape(n, -1)
+        return np.concatenate([res, res2], 1)
+
+    lever = pos[:, _PAIR_K] - pos[:, _PAIR_J]                              # (P, M, 3)
+    skew = np.zeros(lever.shape + (3,))
+    skew[..., 0, 1], skew[..., 0, 2], skew[..., 1, 2] = lever[..., 2], -lever[..., 1], lever[..., 0]
+    skew[..., 1, 0], skew[..., 2, 0], skew[..., 2, 1] = -lever[..., 2], lever[..., 1], -lever[..., 0]
+    size = J3 * 3 * N_PARAMS
+    dpos = np.zeros(n * size)                            # flat, so that one 1-D scatter fills it
+    person = np.arange(n)[:, None] * size
+    dpos[(person + _JAC_ROT).reshape(-1)] = (skew @ glob[:, _PAIR_J]).reshape(-1)   # -[lever]x G
+    dpos[(person + _JAC_ROOT).reshape(-1)] = 1.0
+    dpos = dpos.reshape(n, J3, 3, N_PARAMS)
+    jac = dpos.reshape(n, 3 * J3, N_PARAMS)
+    if w3 is not None:
+        jac = jac * w3[..., None]
+    if not use_2d:
+        return jac
+    dproj = np.zeros(p.shape[:2] + (2, 3))
+    dproj[..., 0, 0] = f[0] / z
+    dproj[..., 1, 1] = f[1] / z
+    dproj[..., :, 2] = -f * p[..., :2] / (z ** 2)[..., None]
+    jac2 = ((dproj @ dpos[:, idx3]) * wc[..., None]).reshape(n, -1, N_PARAMS)
+    return np.concatenate([jac, jac2], 1)
+
+
+def _evaluate(local, root_pos, offsets, target, valid, prev_t, has_prev, lo, hi, cfg, kp2d, intrinsics):
+    """The cost (P,) at one state, with what `_normal_equations` needs to linearise it there."""
+    pos, glob = _forward(local, root_pos, offsets)
+    res = _residuals(pos, glob, target, valid, cfg, kp2d, intrinsics, jacobian=False)
+    cost = (res * res).sum(1)
+    n = len(pos)
+    rot_local = local[:, _ROT_IDX]
+    rel = None
+    if prev_t is None:
+        rot = _matrix_to_rotvec(rot_local).reshape(n, -1)                  # (P, 3 R)
+    else:
+        both = _matrix_to_rotvec(np.concatenate([rot_local, prev_t @ rot_local], 1)).reshape(n, 2, -1)
+        rot, rel = both[:, 0], both[:, 1] * (cfg.w_smooth * has_prev[:, None])
+        cost += (rel * rel).sum(1)
+    out_of_range = (np.minimum(rot - lo, 0.0) + np.maximum(rot - hi, 0.0)) * cfg.w_limits
+    cost += (out_of_range * out_of_range).sum(1)
+    return cost, (pos, glob, res, out_of_range, rel)
+
+
+def _normal_equations(terms, target, valid, has_prev, cfg, kp2d, intrinsics):
+    """J^T J (P, N, N) and J^T r (P, N) of the state `_evaluate` returned `terms` for.
+
+    The smoothness and limit terms have identity Jacobians in the local perturbations, so
+    they add to the diagonal rather than being stacked as rows.
+    """
+    pos, glob, res, out_of_range, rel = terms
+    jac = _residuals(pos, glob, target, valid, cfg, kp2d, intrinsics, jacobian=True)
+    jt = np.swapaxes(jac, 1, 2)
+    jtj = jt @ jac
+    jtr = (jt @ res[..., None])[..., 0]
+    n = len(pos)
+    diag = jtj.reshape(n, -1)[:, ::N_PARAMS + 1][:, :_N_ROT]                # a view
+    diag += cfg.w_limits ** 2 * (out_of_range != 0)
+    jtr[:, :_N_ROT] += cfg.w_limits * out_of_range
+    if rel is not None:
+        diag += cfg.w_smooth ** 2 * has_prev[:, None]
+        jtr[:, :_N_ROT] += cfg.w_smooth * rel
+    return jtj, jtr
+
+
+def _perturb(local: np.ndarray, root_pos: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The state moved by a parameter step (P, N_PARAMS): R_i <- R_i exp(delta_i), root + delta."""
+    out = local.copy()
+    out[:, _ROT_IDX] = local[:, _ROT_IDX] @ rotvec_to_matrix(delta[:, :-3].reshape(len(local), -1, 3))
+    return out, root_pos + delta[:, -3:]
+
+
+def _take(terms, idx):
+    return tuple(None if t is None else t[idx] for t in terms)
 
 
 def fit_skeletons(kp3d: np.ndarray, bone_lengths: np.ndarray, init_angles: np.ndarray | None = None,
@@ -193,139 +313,89 @@ def fit_skeletons(kp3d: np.ndarray, bone_lengths: np.ndarray, init_angles: np.nd
         kp3d: (P, 21, 3) target joints (camera space, or root-relative), NaN = unknown.
         bone_lengths: (P, 21) or (21,) mm.
         init_angles: (P, 21, 3) warm start (row ROOT = root rotation); analytic if None.
-            Rows may be NaN for people without a previous frame.
+            Rows may be NaN for people without a previous frame. Warm-started people take
+            at most cfg.max_iter_warm iterations, the others cfg.max_iter.
         init_root_pos: (P, 3); the target pelvis if None.
         prev_angles: (P, 21, 3) previous frame's angles for the smoothness term (NaN rows: none).
         kp2d, intrinsics: (P, 19, 3) pixels + confidence for the optional 2D term (cfg.w_2d > 0).
     """
     kp3d = np.asarray(kp3d, dtype=np.float64).reshape(-1, J3, 3)
     n = len(kp3d)
-    bones = np.broadcast_to(np.asarray(bone_lengths, dtype=np.float64), (n, J3))
+    offsets = rest_offsets(np.broadcast_to(np.asarray(bone_lengths, dtype=np.float64), (n, J3)))
     valid = np.isfinite(kp3d).all(-1)
     target = np.nan_to_num(kp3d)
 
     warm = np.zeros(n, dtype=bool)
     angles = np.zeros((n, J3, 3))
     if init_angles is not None:
-        init_angles = np.asarray(init_angles, dtype=np.float64)
         warm = np.isfinite(init_angles).all((1, 2))
         angles[warm] = init_angles[warm]
     if not warm.all():
         angles[~warm] = initial_angles(kp3d[~warm])[0]
+    local = rotvec_to_matrix(angles)
     root_pos = np.where(valid[:, ROOT, None], target[:, ROOT], _valid_mean(target, valid))
     if init_root_pos is not None:
         root_pos = np.where(np.isfinite(init_root_pos), init_root_pos, root_pos)
-    has_prev = np.zeros(n, dtype=bool)
+    prev_t, has_prev = None, np.zeros(n, dtype=bool)
     if prev_angles is not None:
-        prev_angles = np.asarray(prev_angles, dtype=np.float64)
         has_prev = np.isfinite(prev_angles).all((1, 2))
+        if has_prev.any():
+            prev = local if prev_angles is init_angles else rotvec_to_matrix(np.nan_to_num(prev_angles))
+            prev_t = np.swapaxes(prev[:, _ROT_IDX], -1, -2)
     use_2d = cfg.w_2d > 0 and kp2d is not None and intrinsics is not None
-    rot_idx = np.array(ROT_JOINTS)
-    lo = np.radians(-cfg.limit_margin_deg) + _LIMIT_LO[rot_idx]
-    hi = np.radians(cfg.limit_margin_deg) + _LIMIT_HI[rot_idx]
+    lo = (np.radians(-cfg.limit_margin_deg) + _LIMIT_LO[_ROT_IDX]).reshape(-1)
+    hi = (np.radians(cfg.limit_margin_deg) + _LIMIT_HI[_ROT_IDX]).reshape(-1)
 
-    def evaluate(angles: np.ndarray, root_pos: np.ndarray):
-        pos, glob = _forward(angles, root_pos, bones)
-        res, jac = _residuals(pos, glob, angles, target, valid, prev_angles, has_prev, lo, hi, cfg,
-                              kp2d if use_2d else None, intrinsics)
-        return res, jac, (res ** 2).sum(1), pos
+    def evaluate(idx, local, root_pos):
+        return _evaluate(local, root_pos, offsets[idx], target[idx], valid[idx],
+                         None if prev_t is None else prev_t[idx], has_prev[idx], lo, hi, cfg,
+                         kp2d[idx] if use_2d else None, intrinsics)
+
+    def normal_equations(idx, terms):
+        return _normal_equations(terms, target[idx], valid[idx], has_prev[idx], cfg,
+                                 kp2d[idx] if use_2d else None, intrinsics)
 
     # Levenberg-Marquardt, one damping factor per person: a step that raises a person's cost
-    # is undone and retried with more damping.
-    res, jac, cost, pos = evaluate(angles, root_pos)
+    # is undone and retried with more damping. The state is kept as rotation matrices; a
+    # person stops at convergence or at its iteration limit.
+    cost, terms = evaluate(slice(None), local, root_pos)
+    pos = terms[0]
+    jtj, jtr = normal_equations(slice(None), terms)
     lam = np.full(n, cfg.damping)
+    limit = np.where(warm, min(cfg.max_iter_warm, cfg.max_iter), cfg.max_iter)
+    done_iters = np.zeros(n, dtype=int)
+    active = np.arange(n)[limit > 0]
     diag = np.arange(N_PARAMS)
-    it = 0
-    for it in range(1, cfg.max_iter + 1):
-        jt = np.swapaxes(jac, 1, 2)
-        jtj = jt @ jac
-        jtr = jt @ res[..., None]
-        jtj[:, diag, diag] += lam[:, None] * (jtj[:, diag, diag] + 1.0)
-        delta = -np.linalg.solve(jtj, jtr)[..., 0]
-        new_angles, new_root = _apply(angles, root_pos, delta)
-        new_res, new_jac, new_cost, new_pos = evaluate(new_angles, new_root)
-        better = new_cost <= cost
-        angles = np.where(better[:, None, None], new_angles, angles)
-        root_pos = np.where(better[:, None], new_root, root_pos)
-        res = np.where(better[:, None], new_res, res)
-        jac = np.where(better[:, None, None], new_jac, jac)
-        cost = np.where(better, new_cost, cost)
-        lam = np.where(better, np.maximum(lam / 3.0, 1e-7), lam * 5.0)
-        step = np.abs(new_pos - pos).max((1, 2), initial=0.0)    # largest joint move (mm)
-        pos = np.where(better[:, None, None], new_pos, pos)
-        if n == 0 or np.all((step < cfg.tol_mm) | (lam > 1e6)):
-            break
-    pos, _ = _forward(angles, root_pos, bones)
+    while len(active):
+        idx = slice(None) if len(active) == n else active
+        a = jtj[idx].copy()
+        a[:, diag, diag] += lam[idx, None] * (a[:, diag, diag] + 1.0)
+        delta = -np.linalg.solve(a, jtr[idx, :, None])[..., 0]
+        new_local, new_root = _perturb(local[idx], root_pos[idx], delta)
+        new_cost, new_terms = evaluate(idx, new_local, new_root)
+        new_pos = new_terms[0]
+        better = new_cost <= cost[idx]
+        step = np.abs(new_pos - pos[idx]).max((1, 2), initial=0.0)    # largest joint move (mm)
+        took = active[better]
+        local[took], root_pos[took], pos[took], cost[took] = (new_local[better], new_root[better],
+                                                              new_pos[better], new_cost[better])
+        lam[active] = np.where(better, np.maximum(lam[active] / 3.0, 1e-7), lam[active] * 5.0)
+        done_iters[active] += 1
+        going = (step >= cfg.tol_mm) & (lam[active] <= 1e6) & (done_iters[active] < limit[active])
+        relinearise = going & better
+        if relinearise.any():
+            jtj[active[relinearise]], jtr[active[relinearise]] = normal_equations(
+                active[relinearise], _take(new_terms, relinearise))
+        active = active[going]
+    angles[:, _ROT_IDX] = _matrix_to_rotvec(local[:, _ROT_IDX])
     err = np.where(valid, np.linalg.norm(pos - target, axis=-1), 0.0)
     rms = np.sqrt((err ** 2).sum(1) / np.maximum(valid.sum(1), 1))
     return IKResult(angles=angles, root_rot=angles[:, ROOT].copy(), root_pos=root_pos, joints=pos,
-                    rms_mm=rms, iterations=it)
+                    rms_mm=rms, iterations=int(done_iters.max(initial=0)))
 
 
 def _valid_mean(target: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return (target * valid[..., None]).sum(1) / np.maximum(valid.sum(1), 1)[:, None]
-
-
-def _residuals(pos, glob, angles, target, valid, prev_angles, has_prev, lo, hi, cfg, kp2d, intrinsics):
-    """Stacked residuals (P, R) and Jacobian (P, R, N_PARAMS) of every term."""
-    n = len(pos)
-    rot_idx = np.array(ROT_JOINTS)
-    # d p_k / d w_r = -[p_k - p_r]x G_r = columns G_r[:, c] x (p_k - p_r), for each joint r
-    # that moves k; d p_k / d root_pos = I.
-    lever = pos[:, _PAIR_K] - pos[:, rot_idx[_PAIR_R]]                     # (P, M, 3)
-    g = glob[:, rot_idx[_PAIR_R]]                                          # (P, M, 3, 3)
-    l0, l1, l2 = lever[..., 0, None], lever[..., 1, None], lever[..., 2, None]
-    g0, g1, g2 = g[..., 0, :], g[..., 1, :], g[..., 2, :]                  # rows: (P, M, 3) over c
-    dpos = np.zeros((n, J3, 3, N_PARAMS))
-    cols = 3 * _PAIR_R[:, None] + np.arange(3)                             # (M, 3)
-    dpos[:, _PAIR_K[:, None], 0, cols] = g1 * l2 - g2 * l1
-    dpos[:, _PAIR_K[:, None], 1, cols] = g2 * l0 - g0 * l2
-    dpos[:, _PAIR_K[:, None], 2, cols] = g0 * l1 - g1 * l0
-    dpos[:, :, [0, 1, 2], [N_PARAMS - 3, N_PARAMS - 2, N_PARAMS - 1]] = 1.0
-    w3 = np.sqrt(cfg.w_3d) * valid[..., None]
-    res = [((pos - target) * w3).reshape(n, -1)]
-    jac = [(dpos * w3[..., None]).reshape(n, 3 * J3, N_PARAMS)]
-
-    if kp2d is not None:
-        idx2 = np.array([j for j, k in enumerate(skeleton.JOINT_3D_OF_2D) if k >= 0])
-        idx3 = np.array([skeleton.JOINT_3D_OF_2D[j] for j in idx2])
-        p = pos[:, idx3]
-        z = np.maximum(p[..., 2], 1.0)
-        f = np.array([intrinsics.fx, intrinsics.fy])
-        proj = f * p[..., :2] / z[..., None] + np.array([intrinsics.cx, intrinsics.cy])
-        c = np.where(np.isfinite(kp2d[:, idx2, :2]).all(-1), np.clip(kp2d[:, idx2, 2], 0, None), 0.0)
-        wc = np.sqrt(cfg.w_2d) * c[..., None]
-        dproj = np.zeros(p.shape[:2] + (2, 3))
-        dproj[..., 0, 0] = f[0] / z
-        dproj[..., 1, 1] = f[1] / z
-        dproj[..., :, 2] = -f * p[..., :2] / (z ** 2)[..., None]
-        res.append(((proj - np.nan_to_num(kp2d[:, idx2, :2])) * wc).reshape(n, -1))
-        jac.append(((dproj @ dpos[:, idx3]) * wc[..., None]).reshape(n, -1, N_PARAMS))
-
-    rot = angles[:, rot_idx]                                               # (P, R, 3)
-    eye = np.zeros((n, 3 * len(rot_idx), N_PARAMS))
-    eye[:, np.arange(3 * len(rot_idx)), np.arange(3 * len(rot_idx))] = 1.0
-    if prev_angles is not None and has_prev.any():
-        ws = cfg.w_smooth * has_prev[:, None]
-        rel = np.zeros_like(rot)
-        rel[has_prev] = _rot_log_rel(prev_angles[has_prev][:, rot_idx], rot[has_prev])
-        res.append(rel.reshape(n, -1) * ws)
-        jac.append(eye * ws[..., None])
-    below, above = np.minimum(rot - lo, 0.0), np.maximum(rot - hi, 0.0)
-    out_of_range = (below + above).reshape(n, -1)
-    res.append(out_of_range * cfg.w_limits)
-    jac.append(eye * (out_of_range != 0)[..., None] * cfg.w_limits)
-    return np.concatenate(res, 1), np.concatenate(jac, 1)
-
-
-def _apply(angles: np.ndarray, root_pos: np.ndarray, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rot_idx = np.array(ROT_JOINTS)
-    n = len(angles)
-    d = delta[:, :-3].reshape(n, len(rot_idx), 3)
-    r = rotvec_to_matrix(angles[:, rot_idx]) @ rotvec_to_matrix(d)
-    out = angles.copy()
-    out[:, rot_idx] = _matrix_to_rotvec(r)
-    return out, root_pos + delta[:, -3:]
 
 
 class SkeletonFitter:

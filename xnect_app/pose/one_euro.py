@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-__all__ = ["OneEuroFilter", "ONE_EURO_2D", "ONE_EURO_3D"]
+__all__ = ["OneEuroFilter", "filter_many", "ONE_EURO_2D", "ONE_EURO_3D"]
 
 ONE_EURO_2D = {"min_cutoff": 1.7, "beta": 0.3, "d_cutoff": 1.0}
 ONE_EURO_3D = {"min_cutoff": 0.8, "beta": 0.4, "d_cutoff": 1.0, "speed_scale": 100.0}
@@ -59,22 +59,50 @@ class OneEuroFilter:
 
     def __call__(self, x: np.ndarray, t: float | None = None,
                  speed_scale: float | np.ndarray | None = None) -> np.ndarray:
-        x = np.asarray(x, dtype=np.float64)
+        return filter_many([self], np.asarray(x, dtype=np.float64)[None], t,
+                           None if speed_scale is None else np.asarray(speed_scale)[None])[0]
+
+    def _advance_clock(self, t: float | None) -> float:
         dt = 1.0 / self.freq
         if t is not None and self.t_prev is not None and t > self.t_prev:
             dt = t - self.t_prev
         if t is not None:
             self.t_prev = t
-        if self.x_prev is None or self.x_prev.shape != x.shape:
-            self.x_prev = np.full(x.shape, np.nan)
-            self.dx_prev = np.zeros(x.shape)
-        fresh = np.isnan(self.x_prev)
-        dx = np.where(fresh, 0.0, (x - self.x_prev) / dt)
-        dx_hat = np.where(fresh, 0.0, self.dx_prev + _alpha(self.d_cutoff, dt) * (dx - self.dx_prev))
-        scale = self.speed_scale if speed_scale is None else speed_scale
-        cutoff = self.min_cutoff + self.beta * np.abs(dx_hat) / scale
-        x_hat = np.where(fresh, x, self.x_prev + _alpha(cutoff, dt) * (x - self.x_prev))
-        gone = np.isnan(x)
-        self.x_prev = np.where(gone, np.nan, x_hat)
-        self.dx_prev = np.where(gone, 0.0, dx_hat)
-        return x_hat
+        return dt
+
+
+def filter_many(filters: list[OneEuroFilter], xs: np.ndarray, t: float | None = None,
+                speed_scale: np.ndarray | None = None) -> np.ndarray:
+    """One sample for each of several filters with the same settings, in one vectorised step.
+
+    Args:
+        xs: (F, ...) one sample per filter, all of one shape.
+        speed_scale: (F, ...) broadcastable per-filter speed units (each filter's own if None).
+    """
+    xs = np.asarray(xs, dtype=np.float64)
+    if not filters:
+        return xs.copy()
+    first = filters[0]
+    if any((f.min_cutoff, f.beta, f.d_cutoff) != (first.min_cutoff, first.beta, first.d_cutoff) for f in filters):
+        raise ValueError("filter_many needs filters with the same settings")
+    lead = (len(filters),) + (1,) * (xs.ndim - 1)
+    dt = np.array([f._advance_clock(t) for f in filters]).reshape(lead)
+    for f, x in zip(filters, xs):
+        if f.x_prev is None or f.x_prev.shape != x.shape:
+            f.x_prev = np.full(x.shape, np.nan)
+            f.dx_prev = np.zeros(x.shape)
+    x_prev = np.stack([f.x_prev for f in filters])
+    dx_prev = np.stack([f.dx_prev for f in filters])
+    if speed_scale is None:
+        speed_scale = np.array([np.broadcast_to(f.speed_scale, xs.shape[1:]) for f in filters])
+    fresh = np.isnan(x_prev)
+    dx = np.where(fresh, 0.0, (xs - x_prev) / dt)
+    dx_hat = np.where(fresh, 0.0, dx_prev + _alpha(first.d_cutoff, dt) * (dx - dx_prev))
+    cutoff = first.min_cutoff + first.beta * np.abs(dx_hat) / speed_scale
+    x_hat = np.where(fresh, xs, x_prev + _alpha(cutoff, dt) * (xs - x_prev))
+    gone = np.isnan(xs)
+    new_x = np.where(gone, np.nan, x_hat)
+    new_dx = np.where(gone, 0.0, dx_hat)
+    for k, f in enumerate(filters):
+        f.x_prev, f.dx_prev = new_x[k], new_dx[k]
+    return x_hat

@@ -29,7 +29,7 @@ from .. import skeleton
 from ..types import Intrinsics, Person
 from .ik import IKConfig, SkeletonFitter
 from .kinematics import DEFAULT_BONE_LENGTHS_MM, bone_lengths_of
-from .one_euro import ONE_EURO_2D, ONE_EURO_3D, OneEuroFilter
+from .one_euro import ONE_EURO_2D, ONE_EURO_3D, OneEuroFilter, filter_many
 
 __all__ = ["Track", "Tracker", "TrackerConfig", "person_scale"]
 
@@ -58,12 +58,19 @@ def person_scale(kp2d: np.ndarray) -> float:
 
 def joint_box(kp2d: np.ndarray) -> np.ndarray:
     """cx, cy, w, h of the visible joints, grown by 10% (at least 8 px a side)."""
-    vis = (kp2d[:, 2] > 0) & np.isfinite(kp2d[:, :2]).all(1)
-    if not vis.any():
-        return np.array([0.0, 0.0, 8.0, 8.0])
-    lo, hi = kp2d[vis, :2].min(0), kp2d[vis, :2].max(0)
-    size = np.maximum((hi - lo) * 1.1, 8.0)
-    return np.array([*(0.5 * (lo + hi)), *size])
+    return joint_boxes(kp2d[None])[0]
+
+
+def joint_boxes(kp2d: np.ndarray) -> np.ndarray:
+    """joint_box of each of (N, J, 3) people -> (N, 4); (0, 0, 8, 8) for one with no joint seen."""
+    xy = kp2d[..., :2]
+    vis = ((kp2d[..., 2] > 0) & np.isfinite(xy).all(-1))[..., None]
+    lo = np.where(vis, xy, np.inf).min(1)
+    hi = np.where(vis, xy, -np.inf).max(1)
+    seen = vis.any(1)
+    centre = np.where(seen, 0.5 * (lo + hi), 0.0)
+    size = np.where(seen, np.maximum((hi - lo) * 1.1, 8.0), 8.0)
+    return np.concatenate([centre, size], 1)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -108,9 +115,8 @@ def appearance_similarity(a: np.ndarray | None, b: np.ndarray | None) -> float:
 class BoxKalman:
     """Constant-velocity Kalman filter on a box's cx, cy, w, h; noise scaled with its size."""
 
-    _F = np.eye(8)
-    _F[:4, 4:] = np.eye(4)
-    _H = np.eye(4, 8)
+    _Q = np.diag(np.square([0.05] * 4 + [0.02] * 4))   # process noise per unit of box size squared
+    _R = np.diag(np.square([0.05] * 4))                # measurement noise, likewise
 
     def __init__(self, box: np.ndarray):
         self.x = np.concatenate([box, np.zeros(4)])
@@ -125,19 +131,18 @@ class BoxKalman:
 
     def step(self) -> None:
         s = max(self.x[2], self.x[3])
-        q = np.diag(np.square([0.05 * s] * 4 + [0.02 * s] * 4))
-        self.x = self._F @ self.x
+        self.x[:4] += self.x[4:]
         self.x[2:4] = np.maximum(self.x[2:4], 8.0)
-        self.P = self._F @ self.P @ self._F.T + q
+        p = self.P                                       # F P F^T with F = [[I, I], [0, I]]
+        p[:4] += p[4:]
+        p[:, :4] += p[:, 4:]
+        p += (s * s) * self._Q
 
     def update(self, box: np.ndarray) -> None:
         s = max(box[2], box[3])
-        r = np.diag(np.square([0.05 * s] * 4))
-        y = box - self._H @ self.x
-        S = self._H @ self.P @ self._H.T + r
-        K = self.P @ self._H.T @ np.linalg.inv(S)
-        self.x = self.x + K @ y
-        self.P = (np.eye(8) - K @ self._H) @ self.P
+        gain = self.P[:, :4] @ np.linalg.inv(self.P[:4, :4] + (s * s) * self._R)   # H = [I 0]
+        self.x = self.x + gain @ (box - self.x[:4])
+        self.P = self.P - gain @ self.P[:4]
 
     def restart(self, box: np.ndarray) -> None:
         self.__init__(box)
@@ -174,8 +179,7 @@ class Track:
     time_s: float
     root_mm: np.ndarray              # (3,) last raw root, NaN if unknown
     filter2d: OneEuroFilter
-    filter3d: OneEuroFilter
-    filter_root: OneEuroFilter
+    filter3d: OneEuroFilter          # the root-relative joints and, as a 22nd row, the root
     box: BoxKalman
     misses: int = 0
     hits: int = 1
@@ -191,12 +195,20 @@ class Track:
 
     def predicted(self, steps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
         """The predicted box and the last joints moved and scaled with it."""
-        box = self.box.predict(steps)
-        ref = joint_box(self.kp2d)
-        out = self.kp2d.copy()  # NaN where a joint was never seen
-        scale = box[2:] / np.maximum(ref[2:], 1e-6)
-        out[:, :2] = (self.kp2d[:, :2] - ref[:2]) * scale + box[:2]
-        return box, out
+        box, kp = _predicted([self], steps)
+        return box[0], kp[0]
+
+
+def _predicted(tracks: list[Track], steps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted boxes (T, 4), `steps` frames ahead (each track's misses + 1 if None), and the
+    tracks' last joints (T, J, 3) moved and scaled with them (NaN where never seen)."""
+    box = np.stack([t.box.predict(t.misses + 1.0 if steps is None else steps) for t in tracks])
+    kp = np.stack([t.kp2d for t in tracks])
+    ref = joint_boxes(kp)
+    out = kp.copy()
+    scale = box[:, None, 2:] / np.maximum(ref[:, None, 2:], 1e-6)
+    out[..., :2] = (kp[..., :2] - ref[:, None, :2]) * scale + box[:, None, :2]
+    return box, out
 
 
 class Tracker:
@@ -249,9 +261,7 @@ class Tracker:
         near the predicted box."""
         if not tracks or not dets:
             return np.zeros((len(tracks), len(dets)))
-        preds = [t.predicted(t.misses + 1.0) for t in tracks]
-        tbox = np.stack([b for b, _ in preds])
-        tkp = np.stack([k for _, k in preds])                                   # (T, 19, 3)
+        tbox, tkp = _predicted(tracks)                                          # (T, 4), (T, 19, 3)
         dkp = np.stack([d["kp2d"] for d in dets])                               # (D, 19, 3)
         dbox = np.stack([d["box"] for d in dets])
         both = (tkp[:, None, :, 2] > 0) & (dkp[None, :, :, 2] > 0)               # (T, D, 19)
@@ -328,17 +338,18 @@ class Tracker:
         free = [r for r, t in enumerate(live) if id(t) not in taken]
         for r, c in self._match(sim[np.ix_(free, low)], self.cfg.low_match_similarity):
             matched[low[c]] = live[free[r]]
-        out: list[Person] = []
+        tracked: dict[int, Track] = {}
         for k, det in enumerate(dets):
             track = matched.get(k)
             if track is not None:
                 self._advance(track, det, time_s)
             elif det["score"] >= self.cfg.high_score:
                 track = self._new_track(det, time_s, confirmed=first_frame)
-            if track is None:
-                out.append(self._emit_untracked(det))
-            else:
-                out.append(self._emit(track, det, time_s, intrinsics))
+            if track is not None:
+                tracked[k] = track
+        emitted = self._emit(list(tracked.values()), [dets[k] for k in tracked], time_s, intrinsics)
+        by_det = dict(zip(tracked, emitted))
+        out = [by_det[k] if k in by_det else self._emit_untracked(det) for k, det in enumerate(dets)]
         if fit_skeleton:
             self._fit([p for p in out if p.track_id >= 0])
         seen = {id(t) for t in matched.values()}
@@ -370,7 +381,7 @@ class Tracker:
         rel = np.full((skeleton.NUM_JOINTS_3D, 3), np.nan) if rel is None else np.asarray(rel, dtype=np.float64)
         root = np.full(3, np.nan) if cam is None else np.asarray(cam, dtype=np.float64)[ROOT]
         score = _get(p, "score")
-        return {"kp2d": kp2d, "kp3d_rel_mm": rel, "root_mm": root, "box": joint_box(kp2d),
+        return {"kp2d": kp2d, "kp3d_rel_mm": rel, "root_mm": root, "box": joint_boxes(kp2d[None])[0],
                 "score": float(np.nanmean(kp2d[:, 2]) if score is None else score),
                 "appearance": torso_histogram(image, kp2d) if image is not None else None}
 
@@ -378,7 +389,6 @@ class Tracker:
         track = Track(track_id=-1, kp2d=det["kp2d"].copy(), time_s=time_s, root_mm=det["root_mm"].copy(),
                       filter2d=OneEuroFilter(freq=self.freq, **self.one_euro_2d),
                       filter3d=OneEuroFilter(freq=self.freq, **self.one_euro_3d),
-                      filter_root=OneEuroFilter(freq=self.freq, **self.one_euro_3d),
                       box=BoxKalman(det["box"]), appearance=det["appearance"], key=self._next_key)
         self._next_key += 1
         self.tracks[track.key] = track
@@ -394,7 +404,7 @@ class Tracker:
 
     def _advance(self, track: Track, det: dict[str, Any], time_s: float) -> None:
         if track.misses >= 3:  # found again: smoothing restarts from here, bone lengths stay
-            for f in (track.filter2d, track.filter3d, track.filter_root):
+            for f in (track.filter2d, track.filter3d):
                 f.reset()
             track.box.restart(det["box"])
         else:
@@ -426,19 +436,23 @@ class Tracker:
             track.bone_lengths[ROOT] = 0.0
             track.bone_samples.clear()
 
-    def _emit(self, track: Track, det: dict[str, np.ndarray], time_s: float,
-              intrinsics: Intrinsics | None) -> Person:
-        kp2d = det["kp2d"].copy()
-        rel = det["kp3d_rel_mm"]
-        root = det["root_mm"]
+    def _emit(self, tracks: list[Track], dets: list[dict[str, np.ndarray]], time_s: float,
+              intrinsics: Intrinsics | None) -> list[Person]:
+        """The tracked people of this frame, smoothed (all of them in one filter step)."""
+        if not tracks:
+            return []
+        kp2d = np.stack([d["kp2d"] for d in dets])                              # (T, 19, 3)
+        rel_root = np.stack([np.vstack([d["kp3d_rel_mm"], d["root_mm"]]) for d in dets])  # (T, 22, 3)
         if self.smooth:
-            xy = np.where((kp2d[:, 2] > 0)[:, None], kp2d[:, :2], np.nan)
-            kp2d[:, :2] = track.filter2d(xy, time_s, speed_scale=self._px_per_dm(kp2d, root, intrinsics))
-            rel = track.filter3d(rel, time_s)
-            root = track.filter_root(root, time_s)
+            xy = np.where((kp2d[..., 2] > 0)[..., None], kp2d[..., :2], np.nan)
+            scale = np.array([self._px_per_dm(d["kp2d"], d["root_mm"], intrinsics) for d in dets])
+            kp2d[..., :2] = filter_many([t.filter2d for t in tracks], xy, time_s, scale[:, None, None])
+            rel_root = filter_many([t.filter3d for t in tracks], rel_root, time_s)
+        rel, root = rel_root[:, :-1], rel_root[:, -1:]
         cam = rel + root
-        return Person(track_id=track.track_id, score=det["score"], kp2d=kp2d, kp3d_rel_mm=rel,
-                      kp3d_cam_mm=cam, bone_lengths_mm=None if track.bone_lengths is None else track.bone_lengths.copy())
+        return [Person(track_id=t.track_id, score=d["score"], kp2d=kp2d[k], kp3d_rel_mm=rel[k], kp3d_cam_mm=cam[k],
+                       bone_lengths_mm=None if t.bone_lengths is None else t.bone_lengths.copy())
+                for k, (t, d) in enumerate(zip(tracks, dets))]
 
     @staticmethod
     def _emit_untracked(det: dict[str, Any]) -> Person:
