@@ -5,7 +5,7 @@ import numpy as np
 
 from xnect_app import skeleton
 from xnect_app.pose.kinematics import bone_lengths_of
-from xnect_app.pose.one_euro import ONE_EURO_2D, ONE_EURO_3D, OneEuroFilter
+from xnect_app.pose.one_euro import ONE_EURO_2D, ONE_EURO_3D, OneEuroFilter, filter_many
 from xnect_app.pose.synthetic import place_people, project, random_people
 from xnect_app.pose.tracking import Tracker, TrackerConfig
 from xnect_app.types import Intrinsics
@@ -74,6 +74,22 @@ def test_one_euro_uses_timestamps():
     ya = [a(x, t=i / 30.0) for i, x in enumerate(xs)]
     yb = [b(x, t=i / 10.0) for i, x in enumerate(xs)]    # same samples, 3x further apart
     assert np.allclose(ya[0], yb[0]) and abs(yb[-1] - xs[-1]) < abs(ya[-1] - xs[-1])
+
+
+def test_filters_stepped_together_equal_filters_stepped_alone():
+    rng = np.random.default_rng(0)
+    alone = [OneEuroFilter(**ONE_EURO_2D) for _ in range(3)]
+    together = [OneEuroFilter(**ONE_EURO_2D) for _ in range(3)]
+    scale = np.array([1.0, 3.0, 10.0])
+    for i in range(12):
+        xs = rng.normal(100.0, 5.0, (3, 4, 2)) + 10.0 * i
+        if i % 4 == 1:
+            xs[1, 2] = np.nan                                      # a joint that comes and goes
+        t = None if i == 5 else i / FPS                            # one frame without a timestamp
+        k = slice(None) if i >= 3 else slice(0, 2)                 # the third filter starts later
+        one = np.stack([f(x, t=t, speed_scale=s) for f, x, s in zip(alone[k], xs[k], scale[k])])
+        both = filter_many(together[k], xs[k], t, scale[k, None, None])
+        np.testing.assert_allclose(both, one, equal_nan=True)
 
 
 def crossing_walk(n_frames: int = 60, seed: int = 0):
