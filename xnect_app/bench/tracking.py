@@ -33,7 +33,10 @@ _FIELDS = ("kp2d", "kp3d_rel_mm", "kp3d_cam_mm")
 
 def detect_video(video: str, weights: str | None, cache: Path | None, precision: str = "auto") -> dict[str, Any]:
     """Untracked people of every frame: {"fps", "frames": [[{kp2d, kp3d_rel_mm, kp3d_cam_mm, score}]]}."""
-    key = hashlib.sha1(f"{Path(video).resolve()}|{weights}|{precision}".encode()).hexdigest()[:12]
+    from ..weights import default_weights_path
+    w = Path(weights) if weights else default_weights_path()
+    stamp = f"{w.resolve()}:{w.stat().st_size}:{w.stat().st_mtime_ns}" if w.is_file() else str(weights)
+    key = hashlib.sha1(f"{Path(video).resolve()}|{stamp}|{precision}".encode()).hexdigest()[:12]
     path = cache / f"detections_{Path(video).stem}_{key}.npz" if cache else None
     if path is not None and path.is_file():
         with np.load(path) as z:  # each z[name] decompresses anew: read every array once
