@@ -26,7 +26,7 @@ from ..bench import fastpath as bench_fastpath
 from ..bench import pipeline as bench_pipeline
 from ..bench import tracking as bench_tracking
 from ..bench import tta as bench_tta
-from ..bench.pose import run_pose_bench
+from ..bench.pose import add_pose_options, run_pose_from_args
 from ..options import EXIT_USAGE, OneLineParser, UserError, exit_code, positive_int
 
 
@@ -46,22 +46,23 @@ def add_backbone(subparsers) -> None:
 
 def add_pose(subparsers) -> None:
     p = subparsers.add_parser(
-        "pose", help="decode + root + tracking + skeleton fit time for 1..15 synthetic people",
-        description="Times the numpy/scipy post-processing (peaks, PAF grouping, 3D read-out,\n"
+        "pose", help="decode + Stage II + root + tracking + skeleton fit time for 1..15 synthetic people",
+        description="Times the post-processing (peaks, PAF grouping, 3D read-out, Stage II,\n"
                     "root translation, tracking with One Euro filters, skeleton fit) on 64x40\n"
-                    "maps rendered from synthetic scenes.",
+                    "maps rendered from synthetic scenes; with --video, also what the people\n"
+                    "add to a whole frame.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--people", type=_int_list, default="1,5,10,15", metavar="N[,N]")
     p.add_argument("--runs", type=positive_int, default=30, metavar="N")
     p.add_argument("--json", action="store_true")
+    add_pose_options(p)
     p.set_defaults(func=run_pose)
 
 
 def run_pose(args: argparse.Namespace) -> int:
     if any(n > 50 for n in args.people):
         _fail(args, "--people counts must be between 1 and 50", EXIT_USAGE)
-    run_pose_bench(tuple(args.people), runs=args.runs, json_out=args.json)
-    return 0
+    return run_pose_from_args(args)
 
 
 def add_pipeline(subparsers) -> None:
