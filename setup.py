@@ -8,7 +8,7 @@ from setuptools import setup
 from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
-SHIPPED = {"web": ["**/*.html", "**/*.css", "**/*.js"], "models": ["*.pt", "README.md"]}
+SHIPPED = {"web": ["**/*.html", "**/*.css", "**/*.js"], "models": ["*.pt", "*.int8.json", "README.md"]}
 
 
 class BuildPyWithAssets(build_py):

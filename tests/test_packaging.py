@@ -20,7 +20,8 @@ def test_the_wheel_ships_weights_and_web_page_and_finds_them_when_installed(tmp_
     assert build.returncode == 0, build.stderr[-2000:]
     wheel = next(dist.glob("xnect_app-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    for shipped in ("xnect_app/_data/models/xnect_selecsls60.pt", "xnect_app/_data/models/README.md",
+    for shipped in ("xnect_app/_data/models/xnect_selecsls60.pt", "xnect_app/_data/models/xnect_selecsls60.int8.json",
+                    "xnect_app/_data/models/README.md",
                     "xnect_app/_data/web/index.html", "xnect_app/_data/web/js/main.js"):
         assert shipped in names
 

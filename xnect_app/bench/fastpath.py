@@ -9,6 +9,8 @@ the speed and the accuracy are those a user gets:
   folded-fp32     BN folded, NHWC, float32 (ModelConfig(precision="fp32"))
   bf16            BN folded, NHWC, under bfloat16 autocast (ModelConfig(precision="bf16"),
                   emulated and slow on CPUs without bfloat16 instructions)
+  int8            the SelecSLS core in int8 with PyTorch's x86 quantisation (VNNI), the heads
+                  in bfloat16 (ModelConfig(precision="int8"); ranges beside the weights file)
   fused           BN folded into every conv (core: selecsls.fuse_bn; heads: fuse_conv_bn)
   fused+pruned    also implicit-sparsity pruning of the core (selecsls.prune, |gamma| <= 1e-3)
   channels-last   fused+pruned with NHWC memory format (PoseEstimator's default torch path
@@ -59,7 +61,7 @@ from .frames import DEFAULT_VIDEO, add_video_arg, read_frames, require_video
 _logger = logging.getLogger(__name__)
 
 DEFAULT_DATA = Path(DATA_ROOT)
-VARIANTS = ("fp32", "default", "folded-fp32", "bf16", "fused", "fused+pruned", "channels-last", "compiled", "ort",
+VARIANTS = ("fp32", "default", "folded-fp32", "bf16", "int8", "fused", "fused+pruned", "channels-last", "compiled", "ort",
             "ort-int8")
 PRUNE_GAMMA = 1e-3
 
@@ -155,6 +157,7 @@ def build_variants(stage1: Stage1Net, stage2, cfg: FastpathConfig, name: str,
         "default": lambda: _default_estimator(make(copy.deepcopy(stage1), precision="auto")),
         "folded-fp32": lambda: (make(copy.deepcopy(stage1)), {}),
         "bf16": lambda: (make(copy.deepcopy(stage1), precision="bf16"), {}),
+        "int8": lambda: (make(copy.deepcopy(stage1), precision="int8"), {}),
         "fused": lambda: (make(fused_stage1(stage1)), {}),
         "fused+pruned": lambda: (
             make(get_pruned()),

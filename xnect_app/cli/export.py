@@ -6,6 +6,7 @@ examples:
   xnect-export onnx --checkpoint runs/xnect60/last.pt --out onnx_out  # a Stage I training checkpoint
   xnect-export onnx --random-weights --backbone selecsls42b --input-size 256x160 --out /tmp/onnx
   xnect-export onnx --int8 --calibration my_camera_frames/ --out onnx_int8   # int8 core, fixed size
+  xnect-export int8 --weights my.pt --images my_camera_frames/   # ranges for --precision int8
 
 The result runs end to end with `--backend onnxruntime --onnx-dir onnx_out` (every tool), or
 anywhere ONNX Runtime runs: xnect_onnx.json in the directory describes inputs, outputs, joint sets
@@ -138,11 +139,48 @@ def run_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_int8(subparsers) -> None:
+    p = subparsers.add_parser(
+        "int8", help="activation ranges of a weights file for --precision int8 (torch, x86)",
+        description="Calibrates the int8 core of `--precision int8` (PyTorch x86 quantisation of the\n"
+                    "SelecSLS core; the heads stay bfloat16) on images like those the model will\n"
+                    "see, and writes the ranges beside the weights file (<weights stem>.int8.json),\n"
+                    "where every tool finds them. The bundled weights come with theirs.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  xnect-export int8 --weights my.pt --images my_camera_frames/\n"
+               "  xnect-process video.mp4 --weights my.pt --precision int8")
+    add_model_args(p, only=("weights",), title="model (default: the bundled weights in models/)")
+    p.add_argument("--images", required=True, type=Path, metavar="DIR",
+                   help="folder of calibration images (jpg/png; e.g. frames of your camera)")
+    p.add_argument("--count", type=positive_int, default=64, metavar="N",
+                   help="images used for calibration (default: %(default)s)")
+    p.add_argument("--input-size", type=input_size, default=DEFAULT_INPUT_SIZE, metavar="WxH",
+                   help="size the images are letterboxed to (default 512x320)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="where to write the ranges (default: beside the weights file)")
+    p.set_defaults(func=run_int8)
+
+
+def run_int8(args: argparse.Namespace) -> int:
+    from ..runtime.int8 import calibrate, ranges_path, save_ranges
+    from ..weights import default_weights_path
+    try:
+        calib = calibration_images(args.images, args.count, args.input_size)
+    except ValueError as e:
+        raise _Failure(str(e)) from None
+    stage1, _, _ = _load_networks(args)
+    out = args.out or ranges_path(args.weights or default_weights_path())
+    path = save_ranges(calibrate(stage1, calib), out)
+    print(f"wrote {path} ({len(calib)} calibration images)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="xnect-export", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress messages on stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_onnx(sub)
+    add_int8(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-export {name}")
     return parser

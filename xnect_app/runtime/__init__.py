@@ -20,7 +20,7 @@ from .config import BACKENDS, DYNCONV_MASKS, ModelConfig
 from .dense import TorchDense, TorchLifter
 from .maps import Lifter, MapRunner, StageOneMaps
 from .onnx import OnnxLifter, OnnxNetworks, OnnxRunner, providers_for
-from .precision import resolve_precision
+from .precision import cpu_has_bf16, resolve_precision
 from .sparse import MotionSparse, TorchSparse
 from .tta import TestTimeAugmentation
 
@@ -33,10 +33,24 @@ class Runtime:
     maps: MapRunner            # letterboxed images -> Stage I maps
     lift: Lifter | None        # Stage II, or None (the read-out is the 3D pose)
     model_name: str
-    precision: str             # "fp32" or "bf16"
+    precision: str             # "fp32", "bf16" or "int8"
     dynconv: str | bool        # False, "learned" or "motion"
     stage1: Any                # the torch networks (None when ONNX Runtime runs exported files)
     stage2: Any
+
+
+def _int8_stage1(model: ModelConfig, stage1: Any, dynconv: str | bool):
+    """Stage I with an int8 core, its activation ranges read from beside the weights file."""
+    from ..weights import default_weights_path
+    from .int8 import Int8Stage1, load_ranges, ranges_path
+    if dynconv:
+        raise ValueError("int8 runs the dense network: not with DynConv")
+    if model.checkpoint is not None or model.random_init:
+        raise ValueError("int8 needs a weights file with its activation ranges beside it "
+                         "(`xnect-export int8`), not a checkpoint or random weights")
+    net = Int8Stage1(stage1, load_ranges(ranges_path(model.weights or default_weights_path())))
+    net.bf16_inference = cpu_has_bf16()
+    return net
 
 
 def resolve_dynconv(model: ModelConfig, stage1: Any, model_name: str, stream: bool) -> str | bool:
@@ -105,6 +119,8 @@ def build_runtime(model: ModelConfig, networks: Networks | None = None, stream: 
     dynconv = resolve_dynconv(model, stage1, name, stream)
     if not dynconv and stage1 is not None and stage1.cfg.dynconv:
         stage1.set_sparse(False, mask_unit=False)  # weights with a mask unit, run dense
+    if precision == "int8":
+        stage1 = _int8_stage1(model, stage1, dynconv)
     if stage2 is not None:
         stage2.to(device).eval()
     if model.backend == "onnxruntime" and ort is None:

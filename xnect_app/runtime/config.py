@@ -34,8 +34,10 @@ class ModelConfig:
             weights options are then unused. Without it the torch networks are exported in memory.
         onnx_threads: ONNX Runtime intra-op threads (None: its default).
         precision: Stage I arithmetic on the CPU: "fp32", "bf16" (bfloat16; maps come back as
-            float32) or "auto": bf16 where the CPU has bfloat16 instructions (avx512_bf16, AMX;
-            about 1.9x faster dense Stage I, the same coco_dev AP), else fp32.
+            float32), "int8" (the SelecSLS core in int8, the heads in bf16 where possible; needs
+            the activation ranges beside the weights file, `runtime.int8`) or "auto": bf16 where
+            the CPU has bfloat16 instructions (avx512_bf16, AMX; about 1.9x faster dense Stage I,
+            the same coco_dev AP), else fp32.
         dynconv: False (dense), True / "learned" (the weights' mask unit), "motion" (motion against
             a learned background, static cameras) or "auto" (learned for independent images or
             with a budget when the weights have a mask unit, else motion).
