@@ -63,6 +63,10 @@ def test_export_int8_writes_ranges_beside_other_weights(tmp_path, capsys):
     assert f"wrote {tmp_path / 'mine.int8.json'}" in capsys.readouterr().out
     est = PoseEstimator(ModelConfig(weights=str(weights), precision="int8", torch_thread=False), track=UNTRACKED)
     assert len(est(_frames(1)[0]).people) == 2
+    with open(weights, "ab") as f:                  # other weights now: their ranges are stale
+        f.write(b"\0")
+    with pytest.raises(ValueError, match="ranges of other weights"):
+        PoseEstimator(ModelConfig(weights=str(weights), precision="int8", torch_thread=False), track=UNTRACKED)
 
 
 def test_ranges_of_another_network_or_a_broken_file_are_refused(tmp_path):

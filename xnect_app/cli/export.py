@@ -162,15 +162,16 @@ def add_int8(subparsers) -> None:
 
 
 def run_int8(args: argparse.Namespace) -> int:
-    from ..runtime.int8 import calibrate, ranges_path, save_ranges
+    from ..runtime.int8 import calibrate, file_digest, ranges_path, save_ranges
     from ..weights import default_weights_path
     try:
         calib = calibration_images(args.images, args.count, args.input_size)
     except ValueError as e:
         raise _Failure(str(e)) from None
     stage1, _, _ = _load_networks(args)
-    out = args.out or ranges_path(args.weights or default_weights_path())
-    path = save_ranges(calibrate(stage1, calib), out)
+    weights = Path(args.weights) if args.weights else default_weights_path()
+    ranges = calibrate(stage1, calib) | {"weights_sha1": file_digest(weights)}
+    path = save_ranges(ranges, args.out or ranges_path(weights))
     print(f"wrote {path} ({len(calib)} calibration images)")
     return 0
 

@@ -48,7 +48,8 @@ def _int8_stage1(model: ModelConfig, stage1: Any, dynconv: str | bool):
     if model.checkpoint is not None or model.random_init:
         raise ValueError("int8 needs a weights file with its activation ranges beside it "
                          "(`xnect-export int8`), not a checkpoint or random weights")
-    net = Int8Stage1(stage1, load_ranges(ranges_path(model.weights or default_weights_path())))
+    weights = model.weights or default_weights_path()
+    net = Int8Stage1(stage1, load_ranges(ranges_path(weights), weights))
     net.bf16_inference = cpu_has_bf16()
     return net
 

@@ -13,6 +13,7 @@ so loading needs no images: each observer of the prepared graph is replaced by i
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import warnings
@@ -26,7 +27,8 @@ from torch import nn
 from ..nn.heads import ModuleOps, run_heads
 from ..nn.stage1 import Stage1Output
 
-__all__ = ["RANGES_SUFFIX", "ranges_path", "calibrate", "save_ranges", "load_ranges", "Int8Stage1"]
+__all__ = ["RANGES_SUFFIX", "ranges_path", "file_digest", "calibrate", "save_ranges", "load_ranges",
+           "Int8Stage1"]
 
 RANGES_SUFFIX = ".int8.json"
 _FORMAT = 1
@@ -37,6 +39,15 @@ def ranges_path(weights: str | os.PathLike) -> Path:
     """Where the activation ranges of a weights file live: beside it, `<stem>.int8.json`."""
     w = Path(weights)
     return w.with_name(w.stem + RANGES_SUFFIX)
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-1 of a file: which weights a ranges file was made for."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 class _Core(nn.Module):
@@ -90,8 +101,9 @@ def save_ranges(ranges: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
-def load_ranges(path: str | os.PathLike) -> dict[str, Any]:
-    """The ranges file; FileNotFoundError / ValueError naming it and how to make one."""
+def load_ranges(path: str | os.PathLike, weights: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ranges file; FileNotFoundError / ValueError naming it and how to make one, also when
+    it was made for another file than `weights`."""
     path = Path(path)
     hint = f"make it with `xnect-export int8 --weights WEIGHTS --images DIR` (images like the ones you run on)"
     if not path.is_file():
@@ -102,6 +114,8 @@ def load_ranges(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError("not an int8 ranges file")
     except (ValueError, AttributeError) as e:
         raise ValueError(f"{path}: cannot read int8 activation ranges ({e}); {hint}") from None
+    if weights is not None and ranges.get("weights_sha1") not in (None, file_digest(weights)):
+        raise ValueError(f"{path} holds the int8 ranges of other weights than {weights}: {hint}")
     return ranges
 
 
