@@ -7,7 +7,7 @@ median range), which one int8 scale per tensor cannot hold.
 
 Activation ranges come from calibration images (`calibrate`) and are kept in a small JSON file
 beside the weights (`ranges_path`: models/xnect_selecsls60.int8.json for the bundled weights),
-so loading needs no images: each observer of the prepared graph is replaced by its fixed range.
+so loading needs no images: each observer of the prepared graph reports its saved range.
 `xnect-export int8 --images DIR` writes the file for any weights file.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def load_ranges(path: str | os.PathLike, weights: str | os.PathLike | None = Non
     """The ranges file; FileNotFoundError / ValueError naming it and how to make one, also when
     it was made for another file than `weights`."""
     path = Path(path)
-    hint = f"make it with `xnect-export int8 --weights WEIGHTS --images DIR` (images like the ones you run on)"
+    hint = "make it with `xnect-export int8 --weights WEIGHTS --images DIR` (images like the ones you run on)"
     if not path.is_file():
         raise FileNotFoundError(f"int8 needs the activation ranges of the weights in {path}: {hint}")
     try:
