@@ -23,6 +23,7 @@ import sys
 from ..bench import backbone as bench_backbone
 from ..bench import dynconv as bench_dynconv
 from ..bench import fastpath as bench_fastpath
+from ..bench import peers as bench_peers
 from ..bench import pipeline as bench_pipeline
 from ..bench import tracking as bench_tracking
 from ..bench import tta as bench_tta
@@ -93,6 +94,13 @@ def add_fastpath(subparsers) -> None:
     p.set_defaults(func=bench_fastpath.run)
 
 
+def add_peers(subparsers) -> None:
+    p = subparsers.add_parser("peers", help="ours against MoveNet MultiPose / YOLO11n-pose on the same frames",
+                              formatter_class=argparse.RawDescriptionHelpFormatter, description=bench_peers.__doc__)
+    bench_peers.build_parser(p)
+    p.set_defaults(func=bench_peers.run)
+
+
 def add_tracking(subparsers) -> None:
     p = subparsers.add_parser("tracking", help="identities on a video: track counts and lengths, IDF1 against labels",
                               formatter_class=argparse.RawDescriptionHelpFormatter, description=bench_tracking.__doc__)
@@ -119,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_fastpath(sub)
     add_tta(sub)
     add_tracking(sub)
+    add_peers(sub)
     for name, sp in sub.choices.items():
         sp.set_defaults(prog=f"xnect-bench {name}")
     return parser
