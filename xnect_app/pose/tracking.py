@@ -56,13 +56,9 @@ def person_scale(kp2d: np.ndarray) -> float:
     return max(float(np.linalg.norm(xy.max(0) - xy.min(0))), 1.0)
 
 
-def joint_box(kp2d: np.ndarray) -> np.ndarray:
-    """cx, cy, w, h of the visible joints, grown by 10% (at least 8 px a side)."""
-    return joint_boxes(kp2d[None])[0]
-
-
 def joint_boxes(kp2d: np.ndarray) -> np.ndarray:
-    """joint_box of each of (N, J, 3) people -> (N, 4); (0, 0, 8, 8) for one with no joint seen."""
+    """cx, cy, w, h of each of (N, J, 3) people's visible joints, grown by 10% (at least 8 px a
+    side) -> (N, 4); (0, 0, 8, 8) for one with no joint seen."""
     xy = kp2d[..., :2]
     vis = ((kp2d[..., 2] > 0) & np.isfinite(xy).all(-1))[..., None]
     lo = np.where(vis, xy, np.inf).min(1)
