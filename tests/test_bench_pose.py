@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from xnect_app.bench.pose import POST, bench_people, network_lifter, people_cost
+from xnect_app.bench.pose import STAGES, bench_people, network_lifter, people_cost
 from xnect_app.cli.bench import main
 from xnect_app.pose.decode import decode
 from xnect_app.pose.synthetic import random_scene
@@ -26,7 +26,7 @@ def test_every_stage_is_timed_for_every_person_found():
     row = bench_people(3, runs=2, warmup=1, stage2=network_lifter())
     assert row["found"] == 3
     for key in ("median_ms", "median_cpu_ms"):
-        assert all(row[key][s] > 0 for s in POST)
+        assert all(row[key][s] > 0 for s in STAGES)
         assert np.isclose(row[key]["stage3"], row[key]["tracking"] + row[key]["ik"], rtol=0.5)
 
 

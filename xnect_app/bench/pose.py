@@ -29,7 +29,6 @@ from ..pose.tracking import Tracker
 from .frames import require_video
 
 STAGES = ("decode", "stage2", "root", "tracking", "ik")
-POST = ("decode", "stage2", "root", "tracking", "ik")   # what grows with the number of people
 
 
 def network_lifter(weights: str | None = None) -> Callable[[Any], np.ndarray]:
@@ -109,7 +108,7 @@ def _medians(times: dict[str, list[float]]) -> dict[str, float]:
     med = {name: float(np.median(v)) for name, v in times.items()}
     med["decode+root+tracking"] = float(np.median(np.sum([times[s] for s in ("decode", "root", "tracking")], 0)))
     med["stage3"] = float(np.median(np.sum([times[s] for s in ("tracking", "ik")], 0)))
-    med["total"] = float(np.median(np.sum([times[s] for s in POST], axis=0)))
+    med["total"] = float(np.median(np.sum([times[s] for s in STAGES], axis=0)))
     return med
 
 
