@@ -135,10 +135,21 @@ class BoxKalman:
         p += (s * s) * self._Q
 
     def update(self, box: np.ndarray) -> None:
-        s = max(box[2], box[3])
-        gain = self.P[:, :4] @ np.linalg.inv(self.P[:4, :4] + (s * s) * self._R)   # H = [I 0]
-        self.x = self.x + gain @ (box - self.x[:4])
-        self.P = self.P - gain @ self.P[:4]
+        BoxKalman.update_many([self], np.asarray(box, dtype=np.float64)[None])
+
+    @staticmethod
+    def update_many(filters: list["BoxKalman"], boxes: np.ndarray) -> None:
+        """Each filter's update with its measured box ((F, 4)), in one vectorised step."""
+        if not filters:
+            return
+        p = np.stack([f.P for f in filters])
+        x = np.stack([f.x for f in filters])
+        s = np.maximum(boxes[:, 2], boxes[:, 3])
+        gain = p[:, :, :4] @ np.linalg.inv(p[:, :4, :4] + (s * s)[:, None, None] * BoxKalman._R)   # H = [I 0]
+        x = x + (gain @ (boxes - x[:, :4])[..., None])[..., 0]
+        p = p - gain @ p[:, :4]
+        for k, f in enumerate(filters):
+            f.x, f.P = x[k], p[k]
 
     def restart(self, box: np.ndarray) -> None:
         self.__init__(box)
@@ -319,6 +330,9 @@ class Tracker:
         self._frame += 1
         image = image if self.cfg.use_colour else None
         dets = [self._as_arrays(p, image) for p in people]
+        if dets:
+            for d, box in zip(dets, joint_boxes(np.stack([d["kp2d"] for d in dets]))):
+                d["box"] = box
         for t in self.tracks.values():
             t.box.step()
         live = list(self.tracks.values())
@@ -335,14 +349,17 @@ class Tracker:
         for r, c in self._match(sim[np.ix_(free, low)], self.cfg.low_match_similarity):
             matched[low[c]] = live[free[r]]
         tracked: dict[int, Track] = {}
+        box_updates: list[tuple[BoxKalman, np.ndarray]] = []   # Kalman updates, made together below
         for k, det in enumerate(dets):
             track = matched.get(k)
             if track is not None:
-                self._advance(track, det, time_s)
+                self._advance(track, det, time_s, box_updates)
             elif det["score"] >= self.cfg.high_score:
                 track = self._new_track(det, time_s, confirmed=first_frame)
             if track is not None:
                 tracked[k] = track
+        if box_updates:
+            BoxKalman.update_many([b for b, _ in box_updates], np.stack([m for _, m in box_updates]))
         emitted = self._emit(list(tracked.values()), [dets[k] for k in tracked], time_s, intrinsics)
         by_det = dict(zip(tracked, emitted))
         out = [by_det[k] if k in by_det else self._emit_untracked(det) for k, det in enumerate(dets)]
@@ -377,7 +394,7 @@ class Tracker:
         rel = np.full((skeleton.NUM_JOINTS_3D, 3), np.nan) if rel is None else np.asarray(rel, dtype=np.float64)
         root = np.full(3, np.nan) if cam is None else np.asarray(cam, dtype=np.float64)[ROOT]
         score = _get(p, "score")
-        return {"kp2d": kp2d, "kp3d_rel_mm": rel, "root_mm": root, "box": joint_boxes(kp2d[None])[0],
+        return {"kp2d": kp2d, "kp3d_rel_mm": rel, "root_mm": root,
                 "score": float(np.nanmean(kp2d[:, 2]) if score is None else score),
                 "appearance": torso_histogram(image, kp2d) if image is not None else None}
 
@@ -398,13 +415,14 @@ class Tracker:
         self._next_id += 1
         LOG.debug("track %d started", track.track_id)
 
-    def _advance(self, track: Track, det: dict[str, Any], time_s: float) -> None:
+    def _advance(self, track: Track, det: dict[str, Any], time_s: float,
+                 box_updates: list[tuple[BoxKalman, np.ndarray]]) -> None:
         if track.misses >= 3:  # found again: smoothing restarts from here, bone lengths stay
             for f in (track.filter2d, track.filter3d):
                 f.reset()
             track.box.restart(det["box"])
         else:
-            track.box.update(det["box"])
+            box_updates.append((track.box, det["box"]))
         # Joints missing now keep their last position, so the next frame can still match them.
         track.kp2d = np.where((det["kp2d"][:, 2] > 0)[:, None], det["kp2d"], track.kp2d)
         track.time_s = time_s
