@@ -108,6 +108,16 @@ def appearance_similarity(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(np.sqrt(a * b).sum())
 
 
+def _appearance_matrix(a: list[np.ndarray | None], b: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    """appearance_similarity of every pair (len(a), len(b)), and which pairs have both histograms."""
+    ka, kb = np.array([h is not None for h in a], bool), np.array([h is not None for h in b], bool)
+    sim = np.ones((len(a), len(b)))
+    if ka.any() and kb.any():
+        sim[np.ix_(ka, kb)] = (np.sqrt(np.stack([h for h in a if h is not None]).astype(np.float64))
+                               @ np.sqrt(np.stack([h for h in b if h is not None]).astype(np.float64)).T)
+    return sim, ka[:, None] & kb[None, :]
+
+
 class BoxKalman:
     """Constant-velocity Kalman filter on a box's cx, cy, w, h; noise scaled with its size."""
 
@@ -282,7 +292,7 @@ class Tracker:
         size = np.hypot(tbox[:, None, 2], tbox[:, None, 3]) * (1.0 + 0.1 * np.array([t.misses for t in tracks]))[:, None]
         near = np.exp(-0.5 * (dist / (0.5 * size)) ** 2)  # keeps fast or just-started people
         sim = 0.4 * oks + 0.3 * _iou(tbox, dbox) + 0.3 * near
-        app = np.array([[appearance_similarity(t.appearance, d["appearance"]) for d in dets] for t in tracks])
+        app, known = _appearance_matrix([t.appearance for t in tracks], [d["appearance"] for d in dets])
         w = self.cfg.appearance_weight
         sim = sim * ((1 - w) + w * app)
         lost = np.array([t.misses > 0 for t in tracks])
@@ -290,8 +300,6 @@ class Tracker:
             # far from its prediction a lost person can only be recognised by its colours
             height = np.maximum(tbox[:, None, 3], dbox[None, :, 3])
             near = dist < (1.0 + 0.2 * np.array([t.misses for t in tracks]))[:, None] * height
-            known = np.array([[t.appearance is not None and d["appearance"] is not None for d in dets]
-                              for t in tracks])
             refind = lost[:, None] & near & known & (app >= self.cfg.refind_similarity)
             sim = np.where(refind, np.maximum(sim, self.cfg.match_similarity + (app - self.cfg.refind_similarity)), sim)
         return sim
