@@ -40,7 +40,8 @@ def test_people_cost_is_the_added_time_over_a_frame_of_the_fewest():
 def test_cli_json_rows_and_a_missing_video(capsys, tmp_path):
     assert main(["pose", "--people", "1,2", "--runs", "2", "--stage2", "readout", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert [r["people"] for r in rows] == [1, 2] and rows[0]["median_ms"]["stage2"] < 0.5
+    assert [r["people"] for r in rows] == [1, 2] and [r["found"] for r in rows] == [1, 2]
+    assert set(rows[0]["median_ms"]) >= {"decode", "stage2", "root", "tracking", "ik", "stage3", "total"}
     with pytest.raises(SystemExit) as exit_:
         main(["pose", "--people", "1", "--video", str(tmp_path / "none.avi")])
     err = capsys.readouterr().err.strip().splitlines()
