@@ -43,16 +43,15 @@ CHILDREN = {j: [c for c in range(J3) if PARENTS[c] == j] for j in range(J3)}
 ROT_JOINTS = (ROOT,) + tuple(j for j in FK_ORDER if j != ROOT and CHILDREN[j])
 N_PARAMS = 3 * len(ROT_JOINTS) + 3
 
+# ancestor[k, a]: joint a lies above joint k (its parent, the parent's parent, ...).
+_ANCESTOR = np.zeros((J3, J3), dtype=bool)
+for _k in range(J3):
+    _a = PARENTS[_k]
+    while _a >= 0:
+        _ANCESTOR[_k, _a] = True
+        _a = PARENTS[_a]
 # moves[k, r]: rotating joint ROT_JOINTS[r] moves joint k.
-_MOVES = np.zeros((J3, len(ROT_JOINTS)), dtype=bool)
-for _r, _j in enumerate(ROT_JOINTS):
-    for _k in range(J3):
-        _a = _k
-        while PARENTS[_a] >= 0:
-            if PARENTS[_a] == _j:
-                _MOVES[_k, _r] = True
-                break
-            _a = PARENTS[_a]
+_MOVES = _ANCESTOR[:, list(ROT_JOINTS)]
 
 _PAIR_K, _PAIR_R = np.nonzero(_MOVES)
 
@@ -152,22 +151,18 @@ def initial_angles(kp3d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return angles, angles[:, ROOT].copy()
 
 
-def _depth(j: int) -> int:
-    return 0 if PARENTS[j] < 0 else 1 + _depth(PARENTS[j])
-
-
 # FK: global orientations one tree level at a time (joints with children only); then every
 # bone's offset in camera axes, summed down the tree by one product with the ancestry matrix.
+_DEPTH = _ANCESTOR.sum(1)
 _GLOB_LEVELS = tuple((np.array(js), PARENTS[js]) for js in
-                     ([j for j in FK_ORDER if _depth(j) == d and CHILDREN[j]]
-                      for d in range(1, max(map(_depth, range(J3))) + 1)) if js)
+                     ([j for j in FK_ORDER if _DEPTH[j] == d and CHILDREN[j]] for d in range(1, _DEPTH.max() + 1))
+                     if js)
 _PARENT_OR_ROOT = np.where(PARENTS < 0, ROOT, PARENTS)
-_ANCESTRY = np.zeros((J3, J3))       # [k, j] = 1: bone j lies on the path from the root to k
-for _k in range(J3):
-    _a = _k
-    while PARENTS[_a] >= 0:
-        _ANCESTRY[_k, _a] = 1.0
-        _a = PARENTS[_a]
+_ANCESTRY = (_ANCESTOR | np.eye(J3, dtype=bool)).astype(np.float64)  # [k, j] = 1: bone j is on the
+_ANCESTRY[:, ROOT] = 0.0                                               # path from the root to k
+# The 3D joints that have a 2D joint (the 2D term's residuals), in 2D order.
+_IDX2 = np.array([j for j, k in enumerate(skeleton.JOINT_3D_OF_2D) if k >= 0])
+_IDX3 = np.array([skeleton.JOINT_3D_OF_2D[j] for j in _IDX2])
 _ROT_IDX = np.array(ROT_JOINTS)
 _N_ROT = 3 * len(ROT_JOINTS)
 _PAIR_J = _ROT_IDX[_PAIR_R]
@@ -212,8 +207,7 @@ def _residuals(pos: np.ndarray, glob: np.ndarray, target: np.ndarray, valid: np.
     n = len(pos)
     w3 = None if valid.all() and cfg.w_3d == 1.0 else (np.sqrt(cfg.w_3d) * valid).repeat(3, axis=1)
     if use_2d := kp2d is not None:
-        idx2 = np.array([j for j, k in enumerate(skeleton.JOINT_3D_OF_2D) if k >= 0])
-        idx3 = np.array([skeleton.JOINT_3D_OF_2D[j] for j in idx2])
+        idx2, idx3 = _IDX2, _IDX3
         p = pos[:, idx3]
         z = np.maximum(p[..., 2], 1.0)
         f = np.array([intrinsics.fx, intrinsics.fy])
@@ -327,7 +321,9 @@ def fit_skeletons(kp3d: np.ndarray, bone_lengths: np.ndarray, init_angles: np.nd
 
     warm = np.zeros(n, dtype=bool)
     angles = np.zeros((n, J3, 3))
+    prev_is_init = prev_angles is init_angles
     if init_angles is not None:
+        init_angles = np.asarray(init_angles, dtype=np.float64)
         warm = np.isfinite(init_angles).all((1, 2))
         angles[warm] = init_angles[warm]
     if not warm.all():
@@ -338,9 +334,10 @@ def fit_skeletons(kp3d: np.ndarray, bone_lengths: np.ndarray, init_angles: np.nd
         root_pos = np.where(np.isfinite(init_root_pos), init_root_pos, root_pos)
     prev_t, has_prev = None, np.zeros(n, dtype=bool)
     if prev_angles is not None:
+        prev_angles = np.asarray(prev_angles, dtype=np.float64)
         has_prev = np.isfinite(prev_angles).all((1, 2))
         if has_prev.any():
-            prev = local if prev_angles is init_angles else rotvec_to_matrix(np.nan_to_num(prev_angles))
+            prev = local if prev_is_init else rotvec_to_matrix(np.nan_to_num(prev_angles))
             prev_t = np.swapaxes(prev[:, _ROT_IDX], -1, -2)
     use_2d = cfg.w_2d > 0 and kp2d is not None and intrinsics is not None
     lo = (np.radians(-cfg.limit_margin_deg) + _LIMIT_LO[_ROT_IDX]).reshape(-1)
