@@ -26,7 +26,7 @@ from ..pose.root import solve_root_translation, to_camera
 from ..pose.synthetic import random_scene
 from ..pose.targets import render_targets
 from ..pose.tracking import Tracker
-from .frames import require_video
+from .frames import read_frames, require_video
 
 STAGES = ("decode", "stage2", "root", "tracking", "ik")
 
@@ -48,7 +48,6 @@ def network_lifter(weights: str | None = None) -> Callable[[Any], np.ndarray]:
 def frame_ms(video: str, frames: int = 12, start: int = 100, weights: str | None = None) -> dict[str, float]:
     """Median preprocessing and Stage I milliseconds of the default estimator on real frames."""
     from ..estimator import ModelConfig, PoseEstimator, TrackConfig
-    from .frames import read_frames
     est = PoseEstimator(ModelConfig(weights=weights), track=TrackConfig(tracking=False))
     times = [est(img).timings_ms for img in read_frames(video, frames + 2, start=start)][2:]
     return {k: float(np.median([t[k] for t in times])) for k in ("preprocess", "stage1")}

@@ -144,9 +144,6 @@ class BoxKalman:
         p[:, :4] += p[:, 4:]
         p += (s * s) * self._Q
 
-    def update(self, box: np.ndarray) -> None:
-        BoxKalman.update_many([self], np.asarray(box, dtype=np.float64)[None])
-
     @staticmethod
     def update_many(filters: list["BoxKalman"], boxes: np.ndarray) -> None:
         """Each filter's update with its measured box ((F, 4)), in one vectorised step."""
@@ -210,16 +207,11 @@ class Track:
     def confirmed(self) -> bool:
         return self.track_id >= 0
 
-    def predicted(self, steps: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-        """The predicted box and the last joints moved and scaled with it."""
-        box, kp = _predicted([self], steps)
-        return box[0], kp[0]
 
-
-def _predicted(tracks: list[Track], steps: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted boxes (T, 4), `steps` frames ahead (each track's misses + 1 if None), and the
-    tracks' last joints (T, J, 3) moved and scaled with them (NaN where never seen)."""
-    box = np.stack([t.box.predict(t.misses + 1.0 if steps is None else steps) for t in tracks])
+def _predicted(tracks: list[Track]) -> tuple[np.ndarray, np.ndarray]:
+    """Each track's box predicted for the next frame it may be seen in (misses + 1 ahead), (T, 4),
+    and its last joints (T, J, 3) moved and scaled with it (NaN where never seen)."""
+    box = np.stack([t.box.predict(t.misses + 1.0) for t in tracks])
     kp = np.stack([t.kp2d for t in tracks])
     ref = joint_boxes(kp)
     out = kp.copy()
